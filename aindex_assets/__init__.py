@@ -1,0 +1,3 @@
+"""Active Image Indexing as lineage-tracked Dagster assets."""
+
+__version__ = "0.1.0"

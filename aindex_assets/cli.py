@@ -1,0 +1,169 @@
+"""The `aindex` command: demo, ingest, status, export and the UI, on the configured storage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from aindex_assets.instance import dagster_home
+from aindex_assets.settings import Settings
+from aindex_assets.storage.catalog import Catalog
+from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
+from aindex_assets.storage.objectstore import ObjectStore, open_object_store
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+
+def collect_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SystemExit(f"aindex ingest: {raw}: no such file or folder")
+    return files
+
+
+def upload(store: ObjectStore, named_bytes: Sequence[tuple[str, bytes]], prefix: str) -> list[str]:
+    keys = []
+    for name, data in tqdm(named_bytes, desc="upload", unit="file", disable=not sys.stderr.isatty()):
+        key = upload_key(name, prefix=prefix)
+        store.put_bytes(key, data)
+        keys.append(key)
+    return keys
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    files = collect_files(args.paths)
+    store = open_object_store(settings)
+    keys = upload(store, [(f.name, f.read_bytes()) for f in files], INBOX_PREFIX)
+    emit(args, {"uploaded": len(keys), "keys": keys}, f"uploaded {len(keys)} file(s) to {store.uri(INBOX_PREFIX)}")
+    return 0
+
+
+def status_payload(catalog: Catalog) -> dict:
+    counts = catalog.status_counts()
+    rejected = {
+        batch: [{"source_key": r.source_key, "reason": r.reason} for r in catalog.rejected_in_batch(batch)]
+        for batch in counts
+    }
+    version = catalog.active_index_version()
+    return {
+        "index_version": None if version is None else {"id": version.id, "factory": version.factory},
+        "batches": [
+            {"batch_id": batch, "counts": by_status, "rejected": rejected[batch]}
+            for batch, by_status in counts.items()
+        ],
+    }
+
+
+def status_text(payload: dict) -> str:
+    version = payload["index_version"]
+    lines = [f"index version: {version['id']} ({version['factory']})" if version else "no index yet"]
+    for batch in payload["batches"]:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(batch["counts"].items()))
+        lines.append(f"{batch['batch_id']}: {counts}")
+        lines.extend(f"    rejected {r['source_key']}: {r['reason']}" for r in batch["rejected"])
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    payload = status_payload(Catalog.open(settings.database_url))
+    emit(args, payload, status_text(payload))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
+    activations = catalog.activations(batch_id=args.batch)
+    if not activations:
+        raise SystemExit(f"aindex export: batch {args.batch!r} has no activated images")
+    destination = Path(args.dest)
+    destination.mkdir(parents=True, exist_ok=True)
+    images = {i.id: i for i in catalog.images_by_ids([a.image_id for a in activations])}
+    manifest = []
+    for record in activations:
+        image = images[record.image_id]
+        file_name = f"{image.id:012d}-{image.content_hash[:12]}.png"
+        store.get_file(record.object_key, destination / file_name)
+        manifest.append(
+            {
+                "file": file_name,
+                "image_id": image.id,
+                "source_key": image.source_key,
+                "content_hash": image.content_hash,
+                "index_version": record.index_version,
+                "psnr": record.psnr,
+                "ssim": record.ssim,
+            }
+        )
+    (destination / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    emit(args, {"exported": len(manifest), "dest": str(destination)}, f"exported {len(manifest)} image(s) to {destination}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
+    dagster_home(settings)
+    command = ["dagster", "dev", "-m", "aindex_assets.definitions", "-p", str(args.port)]
+    executable = Path(sys.executable).with_name("dagster")
+    os.execv(str(executable), [str(executable), *command[1:]])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from aindex_assets.demo import run_demo
+
+    summary = run_demo(settings, images=args.images)
+    emit(args, summary, summary["text"])
+    return 0
+
+
+def emit(args: argparse.Namespace, payload: dict, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({k: v for k, v in payload.items() if k != "text"}, indent=2, default=str))
+    else:
+        print(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="aindex", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the whole asset graph on real photos shipped in packages")
+    demo.add_argument("--images", type=int, default=24, help="how many photos to activate")
+    ingest = sub.add_parser("ingest", help="upload files or folders to the inbox")
+    ingest.add_argument("paths", nargs="+")
+    sub.add_parser("status", help="batches, counts per status, rejected files with reasons")
+    export = sub.add_parser("export", help="activated images of a batch, with a manifest")
+    export.add_argument("batch")
+    export.add_argument("dest")
+    ui = sub.add_parser("ui", help="start the Dagster UI on the same data")
+    ui.add_argument("--port", type=int, default=3000)
+    for command in (demo, ingest, export, sub.choices["status"]):
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+    return root
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "ingest": cmd_ingest,
+    "status": cmd_status,
+    "export": cmd_export,
+    "ui": cmd_ui,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return COMMANDS[args.command](args, Settings.from_env())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

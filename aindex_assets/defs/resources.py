@@ -1,0 +1,92 @@
+"""Resources: where the bytes and facts live, and which extractor computes descriptors.
+
+Both resources are plain configuration; the heavy objects they open (the object
+store client, the catalog engine, the loaded network) are cached per process so
+that every asset of a run shares them.
+"""
+
+
+from functools import lru_cache
+from pathlib import Path
+
+import dagster as dg
+
+from aindex_assets.lib.extractors import Extractor, load_extractor
+from aindex_assets.settings import Settings
+from aindex_assets.storage.catalog import Catalog
+from aindex_assets.storage.objectstore import ObjectStore, open_object_store
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The object store (local folder or S3/MinIO) and the metadata catalog (SQLite or PostgreSQL)."""
+
+    data_dir: str = "aindex_data"
+    object_store: str = "local"
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "aindex"
+    s3_region: str | None = None
+    database_url: str | None = None
+
+    def settings(self) -> Settings:
+        return Settings(
+            data_dir=Path(self.data_dir),
+            object_store=self.object_store,
+            s3_endpoint=self.s3_endpoint,
+            s3_access_key=self.s3_access_key,
+            s3_secret_key=self.s3_secret_key,
+            s3_bucket=self.s3_bucket,
+            s3_region=self.s3_region,
+            database_url=self.database_url or Settings.default_database_url(Path(self.data_dir)),
+        )
+
+    def store(self) -> ObjectStore:
+        return _open_store(self.settings())
+
+    def catalog(self) -> Catalog:
+        return _open_catalog(self.settings().database_url)
+
+
+class ExtractorResource(dg.ConfigurableResource):
+    """The frozen feature extractor: `efficientnet_lite0` (offline default), `torchscript:<path|url>`, or `torchvision:<arch>:<weights>`."""
+
+    spec: str = "efficientnet_lite0"
+    device: str = "auto"
+
+    def load(self) -> Extractor:
+        return _load_extractor(self.spec, self.device)
+
+
+@lru_cache(maxsize=4)
+def _open_store(settings: Settings) -> ObjectStore:
+    return open_object_store(settings)
+
+
+@lru_cache(maxsize=4)
+def _open_catalog(url: str) -> Catalog:
+    return Catalog.open(url)
+
+
+@lru_cache(maxsize=2)
+def _load_extractor(spec: str, device: str) -> Extractor:
+    return load_extractor(spec, device=device)
+
+
+def storage_from_settings(settings: Settings) -> StorageResource:
+    """The storage resource for an environment; S3 credentials stay environment references."""
+    common = {
+        "data_dir": str(settings.data_dir),
+        "object_store": settings.object_store,
+        "database_url": settings.database_url,
+    }
+    if settings.object_store != "s3":
+        return StorageResource(**common)
+    return StorageResource(
+        **common,
+        s3_endpoint=settings.s3_endpoint,
+        s3_bucket=settings.s3_bucket,
+        s3_region=settings.s3_region,
+        s3_access_key=dg.EnvVar("AINDEX_S3_ACCESS_KEY"),
+        s3_secret_key=dg.EnvVar("AINDEX_S3_SECRET_KEY"),
+    )

@@ -1,0 +1,58 @@
+"""The inbox sensor: new uploads become ingestion batches without anyone clicking."""
+
+
+import dagster as dg
+
+from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
+from aindex_assets.defs.partitions import INGEST_BATCHES
+from aindex_assets.defs.resources import StorageResource
+from aindex_assets.storage.inbox import INBOX_PREFIX, claim_batches
+
+BATCH_SIZE = 64
+MAX_BATCHES_PER_TICK = 4
+INBOX_CURSOR = "inbox"
+
+
+@dg.sensor(
+    name="inbox_sensor",
+    jobs=[activate_batch_job, bootstrap_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def inbox_sensor(
+    context: dg.SensorEvaluationContext, storage: StorageResource
+) -> dg.SensorResult | dg.SkipReason:
+    """Groups new objects under `inbox/` into ingestion batches and requests one run per batch.
+
+    Walks the inbox in key order after the last key claimed (the cursor, kept in the
+    catalog so `aindex` and the sensor never claim a file twice, and of constant size),
+    forms batches of at most 64 files, at most 4 per tick, writes each batch's manifest,
+    registers its partition and requests its run. Until an index exists, one batch per
+    tick runs with the index bootstrap (training descriptors, trained index, distractors).
+    """
+    store, catalog = storage.store(), storage.catalog()
+    needs_bootstrap = catalog.active_index_version() is None
+    cursor = catalog.inbox_cursor(INBOX_CURSOR)
+    manifests, new_cursor = claim_batches(
+        store,
+        kind="ingest",
+        prefix=INBOX_PREFIX,
+        cursor=cursor,
+        batch_size=BATCH_SIZE,
+        max_batches=1 if needs_bootstrap else MAX_BATCHES_PER_TICK,
+    )
+    if not manifests:
+        return dg.SkipReason(f"no new objects under {INBOX_PREFIX} after {cursor or 'the start'}")
+    if not catalog.advance_inbox_cursor(INBOX_CURSOR, expected=cursor, new=new_cursor):
+        return dg.SkipReason("another process claimed these files first")
+    job = bootstrap_job if needs_bootstrap else activate_batch_job
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=m.batch_id, partition_key=m.batch_id, job_name=job.name)
+            for m in manifests
+        ],
+        dynamic_partitions_requests=[
+            INGEST_BATCHES.build_add_request([m.batch_id for m in manifests])
+        ],
+        cursor=new_cursor,
+    )

@@ -1,0 +1,70 @@
+"""Reads that several assets share: originals, descriptors, the active index version."""
+
+
+import faiss
+import numpy as np
+from PIL import Image
+
+import dagster as dg
+
+from aindex_assets.defs.resources import ExtractorResource
+from aindex_assets.lib import index as faiss_index
+from aindex_assets.lib.images import decode_image
+from aindex_assets.storage.arrays import decode_descriptors
+from aindex_assets.storage.catalog import Catalog, ImageRecord, IndexVersionRecord
+from aindex_assets.storage.objectstore import ObjectStore
+
+
+def embeddings_key(extractor_identity: str, batch_id: str) -> str:
+    return f"embeddings/{extractor_identity[:16]}/{batch_id}.npz"
+
+
+def load_originals(store: ObjectStore, images: list[ImageRecord]) -> list[Image.Image]:
+    return load_images(store, [i.original_key for i in images])
+
+
+def load_images(store: ObjectStore, keys: list[str]) -> list[Image.Image]:
+    return [decode_image(store.get_bytes(key), key).image for key in keys]
+
+
+def load_batch_descriptors(
+    store: ObjectStore, extractor_identity: str, batch_id: str
+) -> dict[int, np.ndarray]:
+    ids, vectors = decode_descriptors(store.get_bytes(embeddings_key(extractor_identity, batch_id)))
+    return dict(zip(ids.tolist(), vectors, strict=True))
+
+
+def register_extractor(catalog: Catalog, extractor_resource: ExtractorResource) -> None:
+    extractor = extractor_resource.load()
+    catalog.upsert_extractor(
+        identity=extractor.identity,
+        spec=extractor_resource.spec,
+        dim=extractor.dim,
+        input_size=extractor.input_size,
+        details={"name": extractor.name},
+    )
+
+
+def require_active_version(catalog: Catalog) -> IndexVersionRecord:
+    version = catalog.active_index_version()
+    if version is None:
+        raise dg.Failure("no trained index: materialize `trained_index` first (or run `aindex demo`)")
+    return version
+
+
+def load_trained(store: ObjectStore, version: IndexVersionRecord) -> faiss.Index:
+    return faiss_index.deserialize_index(store.get_bytes(version.object_key))
+
+
+def load_served(store: ObjectStore, catalog: Catalog, version: IndexVersionRecord) -> faiss.Index:
+    served = catalog.current_served_index(version.id)
+    if served is None:
+        raise dg.Failure(f"index version {version.id} has no served index: materialize `search_index`")
+    return faiss_index.deserialize_index(store.get_bytes(served.object_key))
+
+
+def version_metadata(version: IndexVersionRecord) -> dict[str, dg.MetadataValue]:
+    return {
+        "index_version": dg.MetadataValue.int(version.id),
+        "factory": dg.MetadataValue.text(version.factory),
+    }

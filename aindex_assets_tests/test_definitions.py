@@ -1,0 +1,148 @@
+"""The Dagster layer on the embedded default: validation, the whole graph, the inbox sensor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
+from aindex_assets.defs.partitions import INGEST_BATCHES
+from aindex_assets.defs.sensors import inbox_sensor
+from aindex_assets.definitions import build_definitions
+from aindex_assets.lib import index as faiss_index
+from aindex_assets.settings import Settings
+from aindex_assets.storage.catalog import Catalog
+from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
+from aindex_assets.storage.objectstore import open_object_store
+from aindex_assets_tests.dagster_helpers import FAST_RUN_CONFIG, small_photos
+
+
+def job_config(defs: dg.Definitions, job_name: str) -> dict:
+    """FAST_RUN_CONFIG restricted to the ops the job has (Dagster refuses config for others)."""
+    job = defs.resolve_job_def(job_name)
+    names = {node.name for node in job.graph.node_defs}
+    return {"ops": {op: cfg for op, cfg in FAST_RUN_CONFIG["ops"].items() if op in names}}
+
+
+def execute_sensor_result(
+    defs: dg.Definitions, instance: dg.DagsterInstance, result: dg.SensorResult
+) -> list[str]:
+    """Apply a sensor result the way the daemon would: partitions first, then one run each."""
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    batches = []
+    for run in result.run_requests or []:
+        outcome = defs.resolve_job_def(run.job_name).execute_in_process(
+            instance=instance,
+            partition_key=run.partition_key,
+            run_config=job_config(defs, run.job_name),
+        )
+        assert outcome.success
+        batches.append(run.partition_key)
+    return batches
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env({"AINDEX_DATA_DIR": str(tmp_path / "data")})
+
+
+@pytest.fixture
+def defs(settings: Settings) -> dg.Definitions:
+    return build_definitions(settings)
+
+
+def tick(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.SensorResult | dg.SkipReason:
+    with dg.build_sensor_context(
+        instance=instance, resources={"storage": defs.resources["storage"]}
+    ) as context:
+        return inbox_sensor(context)
+
+
+def drop(settings: Settings, photos: list[tuple[str, bytes]]) -> None:
+    store = open_object_store(settings)
+    for name, data in photos:
+        store.put_bytes(upload_key(name, prefix=INBOX_PREFIX), data)
+
+
+def test_definitions_validate_with_dagster_cli(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
+         "-m", "aindex_assets.definitions"],
+        env={"PATH": "/usr/bin:/bin", "AINDEX_DATA_DIR": str(tmp_path), "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_sensor_two_batches_then_duplicate(settings: Settings, defs: dg.Definitions) -> None:
+    catalog = Catalog.open(settings.database_url)
+    with dg.instance_for_test() as instance:
+        assert isinstance(tick(defs, instance), dg.SkipReason)
+
+        drop(settings, small_photos(3))
+        first = tick(defs, instance)
+        assert isinstance(first, dg.SensorResult)
+        assert [r.job_name for r in first.run_requests] == [bootstrap_job.name]
+        [batch_a] = execute_sensor_result(defs, instance, first)
+
+        drop(settings, small_photos(2, offset=3))
+        second = tick(defs, instance)
+        assert [r.job_name for r in second.run_requests] == [activate_batch_job.name]
+        [batch_b] = execute_sensor_result(defs, instance, second)
+
+        assert set(instance.get_dynamic_partitions(INGEST_BATCHES.name)) == {batch_a, batch_b}
+        version = catalog.active_index_version()
+        shards = {s.batch_id: s for s in catalog.shards(version.id)}
+        assert shards[batch_a].n_vectors == 3 and shards[batch_b].n_vectors == 2
+        store = open_object_store(settings)
+        served = catalog.current_served_index(version.id)
+        merged = faiss_index.deserialize_index(store.get_bytes(served.object_key))
+        image_ids = {i.id for b in (batch_a, batch_b) for i in catalog.images_in_batch(b)}
+        assert image_ids <= set(faiss_index.stored_ids(merged))
+        assert len(image_ids) == 5
+
+        ntotal_before = merged.ntotal
+        drop(settings, small_photos(1))  # the same bytes as an image of batch A
+        [batch_c] = execute_sensor_result(defs, instance, tick(defs, instance))
+        assert catalog.images_in_batch(batch_c) == []
+        served = catalog.current_served_index(version.id)
+        assert served.ntotal == ntotal_before
+        assert catalog.count_images() == 5
+        assert isinstance(tick(defs, instance), dg.SkipReason)
+
+
+def test_batch_run_records_activation_report_and_checks(settings: Settings, defs: dg.Definitions) -> None:
+    drop(settings, small_photos(4))
+    catalog = Catalog.open(settings.database_url)
+    with dg.instance_for_test() as instance:
+        result = tick(defs, instance)
+        [run] = result.run_requests
+        instance.add_dynamic_partitions(INGEST_BATCHES.name, [run.partition_key])
+        outcome = defs.resolve_job_def(run.job_name).execute_in_process(
+            instance=instance, partition_key=run.partition_key,
+            run_config=job_config(defs, run.job_name),
+        )
+        assert outcome.success
+        checks = {e.check_name: e.passed for e in outcome.get_asset_check_evaluations()}
+        assert checks == {
+            "psnr_above_floor": True,
+            "shard_holds_batch_activations": True,
+            "served_count_matches_catalog": True,
+            "active_recall_not_below_passive": True,
+        }
+        activations = catalog.activations(batch_id=run.partition_key)
+        assert len(activations) == 4
+        store = open_object_store(settings)
+        assert all(store.exists(a.object_key) and a.object_key.endswith(".png") for a in activations)
+        assert {i.status for i in catalog.images_in_batch(run.partition_key)} == {"indexed"}
+        [report] = catalog.reports(batch_id=run.partition_key, kind="robustness")
+        assert report.payload["image_ids"] == sorted(a.image_id for a in activations)
+        materialization = instance.get_latest_materialization_event(
+            dg.AssetKey("activated_images")
+        ).asset_materialization
+        assert materialization.metadata["activated"].value == 4
