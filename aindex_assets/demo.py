@@ -42,16 +42,16 @@ def run_batches(settings: Settings, batch_ids: list[str], catalog: Catalog) -> N
             raise RuntimeError(f"batch {batch_id} failed (run {result.run_id})")
 
 
-def summary_text(catalog: Catalog, batch_ids: list[str], settings: Settings) -> tuple[str, dict]:
+def summary_text(catalog: Catalog, batch_ids: list[str], activated_uri: str) -> tuple[str, dict]:
     lines, summary = [], {"batches": {}}
     for batch_id in batch_ids:
         reports = catalog.reports(batch_id=batch_id, kind="robustness")
         if not reports:
             continue
-        result = reports[-1].payload["result"]
-        summary["batches"][batch_id] = result
-        lines += [f"Robustness of batch {batch_id} (recall@1, passive -> active):", result["markdown"]]
-    lines.append(f"Activated images: {settings.describe_object_store()} under activated/")
+        payload = reports[-1].payload
+        summary["batches"][batch_id] = payload["result"]["average"]
+        lines += [f"Robustness of batch {batch_id}, passive vs active:", payload["markdown"]]
+    lines.append(f"Activated images: {activated_uri}")
     lines.append("Look at them with `aindex export BATCH DEST`, or in the UI: `aindex ui`.")
     return "\n".join(lines), summary
 
@@ -64,5 +64,5 @@ def run_demo(settings: Settings, images: int = 24) -> dict:
         store.put_bytes(upload_key(name, prefix=INBOX_PREFIX), data)
     batch_ids = claim_everything(settings, catalog)
     run_batches(settings, batch_ids, catalog)
-    text, summary = summary_text(catalog, batch_ids, settings)
+    text, summary = summary_text(catalog, batch_ids, store.uri("activated/"))
     return {**summary, "text": text}

@@ -7,6 +7,9 @@ Variables (defaults in brackets):
 - ``AINDEX_S3_ENDPOINT``: e.g. ``http://127.0.0.1:8333``; the scheme decides TLS.
 - ``AINDEX_S3_ACCESS_KEY`` / ``AINDEX_S3_SECRET_KEY``: credentials (required with ``s3``).
 - ``AINDEX_S3_BUCKET`` [``aindex``] and ``AINDEX_S3_REGION`` [unset].
+- ``AINDEX_EXTRACTOR`` [``efficientnet_lite0``]: the feature extractor, also
+  ``torchscript:<path|url>[#sha256=<hex>]`` or ``torchvision:<arch>:<weights path>``.
+- ``AINDEX_DEVICE`` [``auto``]: ``auto``, ``cpu`` or ``cuda``.
 - ``AINDEX_DATABASE_URL`` [``sqlite:///<data_dir>/catalog.db``]: SQLite or PostgreSQL;
   ``postgres://`` and ``postgresql://`` become ``postgresql+psycopg2://`` (with a bare
   ``postgresql://`` SQLAlchemy 2.1 would pick psycopg 3, which is not installed).
@@ -54,6 +57,8 @@ class Settings:
     s3_bucket: str = DEFAULT_BUCKET
     s3_region: str | None = None
     database_url: str = ""
+    extractor_spec: str = "efficientnet_lite0"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -90,6 +95,8 @@ class Settings:
             s3_bucket=get("AINDEX_S3_BUCKET") or DEFAULT_BUCKET,
             s3_region=get("AINDEX_S3_REGION"),
             database_url=get("AINDEX_DATABASE_URL") or "",
+            extractor_spec=get("AINDEX_EXTRACTOR") or "efficientnet_lite0",
+            device=(get("AINDEX_DEVICE") or "auto").lower(),
         )
 
     def __repr__(self) -> str:
@@ -102,6 +109,8 @@ class Settings:
             "s3_bucket": self.s3_bucket,
             "s3_region": self.s3_region,
             "database_url": redact_url(self.database_url),
+            "extractor_spec": self.extractor_spec,
+            "device": self.device,
         }
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
@@ -118,6 +127,8 @@ class Settings:
                 f"AINDEX_DATABASE_URL must be a sqlite:/// or postgresql:// URL, got "
                 f"{redact_url(self.database_url)!r}"
             )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SettingsError(f"AINDEX_DEVICE={self.device!r} is not one of auto, cpu, cuda")
         if self.object_store == "s3":
             self._validate_s3()
 

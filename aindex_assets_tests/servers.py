@@ -7,7 +7,10 @@ Fixtures:
 - ``s3_store``: an :class:`S3ObjectStore` on a fresh bucket, emptied and removed after.
 - ``local_store``: a :class:`LocalObjectStore` in a temporary folder.
 - ``object_store``: parametrized ``local`` | ``s3``; the same test runs on both.
+- ``s3_store_settings``: ``AINDEX_*`` variables selecting S3 with a fresh bucket
+  (for ``Settings.from_env``); the bucket is emptied and removed after.
 - ``postgres_url``: a fresh PostgreSQL database, dropped after the test.
+- ``postgres_url_factory``: ``make(name) -> url`` for several fresh databases in one test.
 - ``sqlite_url``: a SQLite file in a temporary folder.
 - ``catalog_url`` / ``catalog``: parametrized ``sqlite`` | ``postgresql``.
 
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NoReturn
 
@@ -68,8 +72,8 @@ def empty_bucket(store: S3ObjectStore) -> None:
         return
     for info in list(store.list("")):
         store.delete(info.key)
-    for upload in store.client._list_multipart_uploads(store.bucket).uploads:  # noqa: SLF001
-        store.client._abort_multipart_upload(store.bucket, upload.object_name, upload.upload_id)  # noqa: SLF001
+    for upload in store.client._list_multipart_uploads(store.bucket).uploads:
+        store.client._abort_multipart_upload(store.bucket, upload.object_name, upload.upload_id)
     store.client.remove_bucket(store.bucket)
 
 
@@ -83,6 +87,17 @@ def s3_store(s3_server: SeaweedServer) -> Iterator[S3ObjectStore]:
     if not s3_server.running:
         s3_server.start()
     empty_bucket(store)
+
+
+@pytest.fixture
+def s3_store_settings(s3_server: SeaweedServer, s3_store: S3ObjectStore) -> dict[str, str]:
+    return {
+        "AINDEX_OBJECT_STORE": "s3",
+        "AINDEX_S3_ENDPOINT": s3_server.endpoint,
+        "AINDEX_S3_ACCESS_KEY": s3_server.access_key,
+        "AINDEX_S3_SECRET_KEY": s3_server.secret_key,
+        "AINDEX_S3_BUCKET": s3_store.bucket,
+    }
 
 
 @pytest.fixture
@@ -109,6 +124,16 @@ def postgres_admin() -> str:
 def postgres_url(postgres_admin: str) -> Iterator[str]:
     with scratch_database(postgres_admin) as url:
         yield url
+
+
+@pytest.fixture
+def postgres_url_factory(postgres_admin: str) -> Iterator[Callable[[str], str]]:
+    with ExitStack() as databases:
+
+        def make(name: str) -> str:
+            return databases.enter_context(scratch_database(postgres_admin, f"aindex_test_{name}"))
+
+        yield make
 
 
 @pytest.fixture

@@ -63,7 +63,9 @@ def test_concurrent_processes_migrate_and_register_without_loss_or_duplicates(ca
     count, workers = 120, 4
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers) as pool:
-        results = pool.starmap(_register_range, [(catalog_url, seed, count) for seed in range(workers)])
+        results = pool.starmap(
+            _register_range, [(catalog_url, seed, count) for seed in range(workers)]
+        )
     catalog = Catalog.open(catalog_url)
     ids_by_number: dict[int, set[int]] = {}
     created = 0
@@ -111,7 +113,11 @@ def test_status_updates_are_all_or_nothing(catalog):
     assert catalog.set_status(ids[:2], "embedded") == 2
     with pytest.raises(ValueError, match="not one of"):
         catalog.set_status(ids, "bogus")
-    assert [i.status for i in catalog.images_in_batch(BATCH)] == ["embedded", "embedded", "registered"]
+    assert [i.status for i in catalog.images_in_batch(BATCH)] == [
+        "embedded",
+        "embedded",
+        "registered",
+    ]
     assert [i.id for i in catalog.images_in_batch(BATCH, status="registered")] == [ids[2]]
     assert [i.id for i in catalog.images_by_ids([ids[2], ids[0]])] == [ids[2], ids[0]]
     assert catalog.count_images("embedded") == 2
@@ -136,7 +142,9 @@ def test_activating_a_version_retires_the_previous_one(catalog):
         catalog.activate_index_version(first)
     # The database itself refuses a second active version.
     with pytest.raises(sa.exc.IntegrityError), catalog.engine.begin() as connection:
-        connection.execute(sa.update(IndexVersion).where(IndexVersion.id == first).values(is_active=True))
+        connection.execute(
+            sa.update(IndexVersion).where(IndexVersion.id == first).values(is_active=True)
+        )
 
 
 def test_activations_upsert_per_image_and_version(catalog):
@@ -189,7 +197,9 @@ def test_reports_are_immutable_with_their_rows(catalog):
     with pytest.raises(ValueError, match="immutable"):
         catalog.record_report(BATCH, "robustness", {}, None, [], report_id=report_id)
     with pytest.raises(ValueError, match="variant"):
-        catalog.record_report(BATCH, "robustness", {}, None, [{"edit": "x", "variant": "?", "n": 1}])
+        catalog.record_report(
+            BATCH, "robustness", {}, None, [{"edit": "x", "variant": "?", "n": 1}]
+        )
     (report,) = catalog.reports(batch_id=BATCH)
     assert report.id == report_id and report.payload == {"seed": 0}
     assert [(r.variant, r.recall_at_1, r.recall_at_10) for r in report.rows] == [

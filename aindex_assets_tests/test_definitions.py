@@ -74,6 +74,7 @@ def test_definitions_validate_with_dagster_cli(tmp_path: Path) -> None:
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
          "-m", "aindex_assets.definitions"],
         env={"PATH": "/usr/bin:/bin", "AINDEX_DATA_DIR": str(tmp_path), "HOME": str(tmp_path)},
+        cwd=tmp_path,  # away from the production dagster.yaml at the repository root
         capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr

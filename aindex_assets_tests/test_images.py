@@ -127,7 +127,7 @@ def test_bomb_is_rejected_from_the_header_before_decoding():
 
 
 def test_animated_gif_and_multipage_tiff_are_rejected():
-    frames = [Image.new("P", (32, 32), color) for color in (1, 2, 3)]
+    frames = [Image.new("RGB", (32, 32), (v, 255 - v, 0)) for v in (0, 128, 255)]
     gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
     assert "animated image (3 frames)" in rejection(gif)
     pages = [Image.new("RGB", (32, 32), (v, v, v)) for v in (0, 255)]
@@ -201,7 +201,7 @@ def test_tensor_round_trip_and_rounding():
     image = gradient(20, 10)
     tensor = pil_to_tensor(image)
     assert tensor.shape == (3, 10, 20) and tensor.dtype == torch.float32
-    assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
+    assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
     assert np.array_equal(np.asarray(tensor_to_pil(tensor)), np.asarray(image))
     # 128.4/255 rounds to 128, 128.6/255 to 129; out-of-range values are clamped.
     values = torch.tensor([128.4 / 255, 128.6 / 255, 1.5, -0.5]).view(1, 1, 4).repeat(3, 1, 1)

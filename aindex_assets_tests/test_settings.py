@@ -35,8 +35,12 @@ def test_postgres_urls_are_pinned_to_psycopg2(scheme):
 
 
 def test_s3_settings_are_read_and_secrets_redacted():
-    env = {**S3_ENV, "AINDEX_S3_BUCKET": "photos", "AINDEX_S3_REGION": "eu-west-1",
-           "AINDEX_DATABASE_URL": "postgresql://aindex:db-password@db/aindex"}
+    env = {
+        **S3_ENV,
+        "AINDEX_S3_BUCKET": "photos",
+        "AINDEX_S3_REGION": "eu-west-1",
+        "AINDEX_DATABASE_URL": "postgresql://aindex:db-password@db/aindex",
+    }
     settings = Settings.from_env(env, dotenv=None)
     assert (settings.s3_bucket, settings.s3_region) == ("photos", "eu-west-1")
     assert settings.s3_secret_key == S3_ENV["AINDEX_S3_SECRET_KEY"]
@@ -46,7 +50,9 @@ def test_s3_settings_are_read_and_secrets_redacted():
         assert "http://127.0.0.1:8333" in shown
 
 
-@pytest.mark.parametrize("missing", ["AINDEX_S3_ENDPOINT", "AINDEX_S3_ACCESS_KEY", "AINDEX_S3_SECRET_KEY"])
+@pytest.mark.parametrize(
+    "missing", ["AINDEX_S3_ENDPOINT", "AINDEX_S3_ACCESS_KEY", "AINDEX_S3_SECRET_KEY"]
+)
 def test_s3_without_a_required_variable_names_it(missing):
     env = {name: value for name, value in S3_ENV.items() if name != missing}
     with pytest.raises(SettingsError, match=missing):

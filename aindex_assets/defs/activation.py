@@ -12,6 +12,7 @@ from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.defs.shared import (
     load_batch_descriptors,
     load_originals,
+    load_served,
     load_trained,
     require_active_version,
 )
@@ -87,7 +88,11 @@ def activated_images(
         originals = load_originals(store, todo)
         features = np.stack([descriptors[i.id] for i in todo])
         index = load_trained(store, version)
-        results = activate(originals, model, index, params, original_features=features)
+        served = catalog.current_served_index(version.id)
+        database = load_served(store, catalog, version) if served and served.ntotal else None
+        results = activate(
+            originals, model, index, params, original_features=features, database=database
+        )
     quality = []
     for image, result in zip(todo, results, strict=True):
         key = activated_key(version.id, image.content_hash)

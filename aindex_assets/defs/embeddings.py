@@ -10,18 +10,19 @@ from aindex_assets.defs.ingest import raw_images
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.defs.shared import (
-    embeddings_key,
     load_images,
     load_originals,
     register_extractor,
 )
 from aindex_assets.lib.images import decode_image
-from aindex_assets.lib.photos import demo_photos, random_crops
+from aindex_assets.lib.photos import random_crops, split_demo_photos
 from aindex_assets.storage.arrays import encode_descriptors
+from aindex_assets.storage.keys import (
+    TRAINING_IMAGES_PREFIX,
+    embeddings_key,
+    training_embeddings_key,
+)
 from aindex_assets.storage.objectstore import ObjectStore
-
-TRAINING_PREFIX = "training/images/"
-
 
 @dg.asset(
     partitions_def=INGEST_BATCHES,
@@ -70,17 +71,15 @@ class TrainingConfig(dg.Config):
 
 
 def training_images(store: ObjectStore, config: TrainingConfig) -> tuple[list[Image.Image], str]:
-    """Images under `training/images/` if any, else random crops of the photos shipped in packages."""
-    keys = [info.key for info in store.list(TRAINING_PREFIX)]
+    """Images under `training/images/` if any, else random crops of held-out packaged photos."""
+    keys = [info.key for info in store.list(TRAINING_IMAGES_PREFIX)]
     if keys:
-        return load_images(store, keys), f"{len(keys)} images under {TRAINING_PREFIX}"
-    photos = [decode_image(data, name).image for name, data in demo_photos()]
+        return load_images(store, keys), f"{len(keys)} images under {TRAINING_IMAGES_PREFIX}"
+    # Held-out photos only: a distractor cut from an indexed photo would be a near-copy of it.
+    _, held_out = split_demo_photos()
+    photos = [decode_image(data, name).image for name, data in held_out]
     crops = random_crops(photos, config.crops, config.crop_size, config.seed)
-    return crops, f"{len(crops)} random crops of {len(photos)} packaged photos (seed {config.seed})"
-
-
-def training_key(extractor_identity: str) -> str:
-    return f"training/embeddings/{extractor_identity[:16]}.npz"
+    return crops, f"{len(crops)} random crops of {len(photos)} held-out packaged photos (seed {config.seed})"
 
 
 @dg.asset(group_name="index", kinds={"pytorch", "numpy"})
@@ -97,7 +96,7 @@ def training_embeddings(
     model = extractor.load()
     images, source = training_images(store, config)
     vectors = model.embed_images(images)
-    key = training_key(model.identity)
+    key = training_embeddings_key(model.identity)
     store.put_bytes(key, encode_descriptors(np.arange(len(vectors)), vectors))
     return dg.MaterializeResult(
         metadata={

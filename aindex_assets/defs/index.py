@@ -9,7 +9,6 @@ from aindex_assets.defs.embeddings import (
     TrainingConfig,
     training_embeddings,
     training_images,
-    training_key,
 )
 from aindex_assets.defs.partitions import (
     DISTRACTOR_BATCH,
@@ -29,6 +28,12 @@ from aindex_assets.defs.shared import (
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.storage.arrays import decode_descriptors
 from aindex_assets.storage.catalog import Catalog, IndexVersionRecord
+from aindex_assets.storage.keys import (
+    served_index_key,
+    shard_key,
+    trained_index_key,
+    training_embeddings_key,
+)
 from aindex_assets.storage.objectstore import ObjectStore
 
 
@@ -74,7 +79,7 @@ def trained_index(
     ):
         context.log.info(f"keeping index version {active.id} ({active.factory})")
         return dg.MaterializeResult(metadata={**version_metadata(active), "trained": False})
-    _, vectors = decode_descriptors(store.get_bytes(training_key(model.identity)))
+    _, vectors = decode_descriptors(store.get_bytes(training_embeddings_key(model.identity)))
     index = faiss_index.train_index(config.factory, vectors, metric=config.metric)
     version_id = catalog.create_index_version(
         factory=config.factory,
@@ -82,10 +87,10 @@ def trained_index(
         dim=model.dim,
         extractor_identity=model.identity,
         n_train=len(vectors),
-        training_set={"object_key": training_key(model.identity)},
+        training_set={"object_key": training_embeddings_key(model.identity)},
         object_key=None,
     )
-    key = f"indexes/v{version_id}/trained.faiss"
+    key = trained_index_key(version_id)
     store.put_bytes(key, faiss_index.serialize_index(index))
     catalog.activate_index_version(version_id, object_key=key)
     version = catalog.index_version(version_id)
@@ -98,10 +103,6 @@ def trained_index(
             "object_key": dg.MetadataValue.text(store.uri(key)),
         }
     )
-
-
-def shard_key(version_id: int, batch_id: str) -> str:
-    return f"indexes/v{version_id}/shards/{batch_id}.faiss"
 
 
 def write_shard(
@@ -174,12 +175,13 @@ def index_shard(
     store, catalog = storage.store(), storage.catalog()
     version = require_active_version(catalog)
     batch_id = context.partition_key
-    descriptors = load_batch_descriptors(store, extractor.load().identity, batch_id)
+    model = extractor.load()
+    descriptors = load_batch_descriptors(store, model.identity, batch_id)
     activated = sorted({a.image_id for a in catalog.activations(batch_id=batch_id)})
     ids = np.array(activated, dtype=np.int64)
-    vectors = np.stack([descriptors[i] for i in activated]) if activated else np.zeros(
-        (0, next(iter(descriptors.values())).shape[0] if descriptors else 1), np.float32
-    )
+    vectors = np.zeros((0, model.dim), np.float32)
+    if activated:
+        vectors = np.stack([descriptors[i] for i in activated])
     key = write_shard(store, catalog, version, batch_id, ids, vectors)
     catalog.set_status(activated, "indexed")
     return dg.MaterializeResult(
@@ -199,13 +201,14 @@ def merge_served_index(store: ObjectStore, catalog: Catalog, version: IndexVersi
         [faiss_index.deserialize_index(store.get_bytes(s.object_key)) for s in shards],
     )
     served_id = catalog.next_served_index_id()
-    key = f"indexes/v{version.id}/served/{served_id:08d}.faiss"
+    key = served_index_key(version.id, served_id)
     store.put_bytes(key, faiss_index.serialize_index(merged))
     catalog.set_served_index(
         index_version=version.id,
         object_key=key,
         ntotal=merged.ntotal,
         batch_ids=sorted(s.batch_id for s in shards),
+        served_id=served_id,
     )
     return merged.ntotal
 

@@ -14,6 +14,7 @@ from aindex_assets.defs.shared import load_served, require_active_version
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.evaluation import evaluate_robustness
 from aindex_assets.lib.images import decode_image
+from aindex_assets.storage.keys import report_key
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -50,6 +51,8 @@ def robustness_report(
     version = require_active_version(catalog)
     model = extractor.load()
     activations = catalog.activations(batch_id=context.partition_key)
+    if not activations:
+        return dg.MaterializeResult(metadata={"note": "no activated images in this batch"})
     images = catalog.images_by_ids([a.image_id for a in activations])
     passive = load_originals(store, images)
     active = [decode_image(store.get_bytes(a.object_key), a.object_key).image for a in activations]
@@ -73,18 +76,20 @@ def robustness_report(
         "k": config.k,
         "nprobe": config.nprobe,
         "result": result.to_dict(),
+        "markdown": result.to_markdown(),
     }
     report_id = catalog.next_report_id()
-    key = f"reports/{context.partition_key}/robustness-{report_id:08d}.json"
+    key = report_key(context.partition_key, "robustness", report_id)
     store.put_bytes(key, json.dumps(payload, indent=2).encode(), content_type="application/json")
     catalog.record_report(
         batch_id=context.partition_key, kind="robustness", payload=payload, object_key=key,
         rows=result.rows,
+        report_id=report_id,
     )
     return dg.MaterializeResult(
         metadata={
-            "recall_at_1_passive": dg.MetadataValue.float(result.average("passive")),
-            "recall_at_1_active": dg.MetadataValue.float(result.average("active")),
+            "recall_at_1_passive": dg.MetadataValue.float(result.average("passive")["recall_at_1"]),
+            "recall_at_1_active": dg.MetadataValue.float(result.average("active")["recall_at_1"]),
             "table": dg.MetadataValue.md(result.to_markdown()),
             "object_key": dg.MetadataValue.text(store.uri(key)),
         }

@@ -12,11 +12,8 @@ from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.images import decode_image
 from aindex_assets.storage.arrays import decode_descriptors
 from aindex_assets.storage.catalog import Catalog, ImageRecord, IndexVersionRecord
+from aindex_assets.storage.keys import embeddings_key
 from aindex_assets.storage.objectstore import ObjectStore
-
-
-def embeddings_key(extractor_identity: str, batch_id: str) -> str:
-    return f"embeddings/{extractor_identity[:16]}/{batch_id}.npz"
 
 
 def load_originals(store: ObjectStore, images: list[ImageRecord]) -> list[Image.Image]:

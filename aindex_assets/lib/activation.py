@@ -10,8 +10,10 @@ One call activates a list of images (any sizes) for one extractor and one traine
    the normalization into one constant amplitude map, so that the activated pixels are
    `x = x_o + A * tanh(d)` with `d` the only variable;
 4. Adam on `d` for `iterations` steps, minimizing
-   `lambda_feature * mean(-cos(f(x), t)) + lambda_image * MSE_normalized(x, x_o)
-    + lambda_margin * mean(relu(margin - (|f-c|^2 - |f-t|^2)))` over competitors `c`;
+   `lambda_feature * -cos(f(x), t) + lambda_image * MSE_normalized(x, x_o)
+    + lambda_margin * mean_c(relu(margin - (|f-c|^2 - |f-t|^2)))` over competitors `c`,
+   summed over the images of the batch (the paper averages; with Adam's per-element step the
+   sum makes each image's result independent of which images share its batch);
    `f(x)` is the extractor's differentiable resize + forward, batched across images;
 5. output: clamp to [0,1], round to 8 bits, and measure PSNR/SSIM/L-inf and the feature to target
    distance of the 8-bit result (what is actually released).
@@ -25,7 +27,6 @@ distance.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ from PIL import Image
 
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.extractors import IMAGENET_STD, Extractor, pil_to_tensor
+from aindex_assets.lib.metrics import linf, psnr, ssim
 from aindex_assets.lib.perceptual import jnd_heatmap
 
 LUMA = (0.299, 0.587, 0.114)
@@ -46,11 +48,13 @@ TARGETS = ("reconstruction", "centroid")
 
 @dataclass(frozen=True)
 class ActivationParams:
-    """Parameters of one activation run; defaults are this project's (see `paper()` for the paper's).
+    """Parameters of one activation run: this project's defaults; `paper()` gives the paper's.
 
     Differences from the paper: `scaling` 2.0 instead of 3.0 (the offline EfficientNet-Lite0
     reaches ~38 dB at 3.0; 2.0 gives a mean PSNR above 40 dB) and a margin term against the
     nearest competing codes (`lambda_margin` > 0), which keeps the unedited image first.
+    `min_psnr` is a guarantee, not a goal: an image whose optimum falls below it has its
+    perturbation shrunk until the released 8-bit image reaches it (None: no floor).
     """
 
     iterations: int = 10
@@ -69,6 +73,7 @@ class ActivationParams:
     target: str = "reconstruction"
     heatmap_padding: str = "zeros"
     seed: int = 0
+    min_psnr: float | None = 40.0
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -81,7 +86,8 @@ class ActivationParams:
     @classmethod
     def paper(cls, **overrides: object) -> ActivationParams:
         """The paper's published defaults (scaling 3, no margin term)."""
-        return dataclasses.replace(cls(scaling=3.0, lambda_margin=0.0, competitors=0), **overrides)
+        paper = cls(scaling=3.0, lambda_margin=0.0, competitors=0, min_psnr=None)
+        return dataclasses.replace(paper, **overrides)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready record of every parameter."""
@@ -146,8 +152,13 @@ def activate(
         activated = optimize_batch(
             [pixels[i] for i in batch], extractor, select(goals, batch), params, generator
         )
+        if params.min_psnr is not None:
+            activated = [
+                within_psnr_floor(pixels[i], out, params.min_psnr)
+                for i, out in zip(batch, activated, strict=True)
+            ]
         results.extend(
-            measure(pixels[i], out, extractor, goals, i, features[i], index)
+            measure(pixels[i], out, extractor, goals, i, features[i])
             for i, out in zip(batch, activated, strict=True)
         )
     return results
@@ -243,16 +254,17 @@ def amplitude(pixels: torch.Tensor, params: ActivationParams) -> torch.Tensor:
 
 
 def feature_loss(features: torch.Tensor, goals: Goals, params: ActivationParams) -> torch.Tensor:
+    """Summed (not averaged) over images: Adam then treats every image alone, whatever the batch."""
     if goals.lsh_weights is not None:
         projected = features @ goals.lsh_weights.T + goals.lsh_bias
         scale = goals.lsh_weights.norm(dim=1)
-        return F.relu(params.lsh_margin - goals.lsh_signs * projected / scale).mean()
-    loss = -F.cosine_similarity(features, goals.targets, dim=1).mean()
+        return F.relu(params.lsh_margin - goals.lsh_signs * projected / scale).mean(dim=1).sum()
+    loss = -F.cosine_similarity(features, goals.targets, dim=1).sum()
     if goals.competitors is not None and params.lambda_margin > 0:
         own = ((features - goals.targets) ** 2).sum(dim=1, keepdim=True)
         other = ((features[:, None, :] - goals.competitors) ** 2).sum(dim=2)
         hinge = F.relu(params.margin - (other - own)) * goals.competitor_mask
-        loss = loss + params.lambda_margin / params.lambda_feature * hinge.mean()
+        loss = loss + params.lambda_margin / params.lambda_feature * hinge.mean(dim=1).sum()
     return loss
 
 
@@ -274,7 +286,7 @@ def optimize_batch(
         for p in originals
     ]
     if params.iterations > 0:
-        optimizer = torch.optim.Adam(deltas, lr=params.learning_rate)
+        optimizer = torch.optim.Adam(deltas, lr=params.learning_rate, fused=True)
         for _ in range(params.iterations):
             optimizer.zero_grad(set_to_none=True)
             bounded = [torch.tanh(d) for d in deltas]
@@ -287,7 +299,7 @@ def optimize_batch(
             features = extractor.embed_resized(resized)
             image_loss = torch.stack(
                 [(w * b * b).mean() for w, b in zip(mse_weights, bounded, strict=True)]
-            ).mean()
+            ).sum()
             loss = params.lambda_feature * feature_loss(features, goals, params)
             loss = loss + params.lambda_image * image_loss
             loss.backward()
@@ -299,21 +311,28 @@ def optimize_batch(
         ]
 
 
+def within_psnr_floor(
+    original: torch.Tensor, activated: torch.Tensor, floor_db: float, attempts: int = 4
+) -> torch.Tensor:
+    """Shrink the perturbation until the released 8-bit image is at least `floor_db` PSNR.
+
+    Scaling a perturbation by c changes the PSNR by -20 log10(c), so one step nearly
+    always lands; the loop absorbs the rounding to 8 bits.
+    """
+    before = to_uint8(original)
+    for _ in range(attempts):
+        current = psnr(before, to_uint8(activated))
+        if current >= floor_db:
+            return activated
+        shrink = 10 ** ((current - floor_db - 0.1) / 20)
+        activated = (original + shrink * (activated - original)).clamp(0.0, 1.0)
+    return original.clone()
+
+
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """(3,H,W) in [0,1] -> HxWx3 uint8, rounding to nearest."""
     array = pixels.detach().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
     return array.permute(1, 2, 0).cpu().numpy()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
 
 
 def measure(
@@ -323,7 +342,6 @@ def measure(
     goals: Goals,
     position: int,
     feature_before: np.ndarray,
-    index: faiss.Index,
 ) -> ActivationResult:
     """Quality and feature distances of the released 8-bit image (not of the float optimum)."""
     released = to_uint8(activated)
@@ -336,8 +354,8 @@ def measure(
     result = ActivationResult(
         image=released,
         psnr=psnr(before, released),
-        ssim=ssim(before, released),
-        linf=float(np.abs(before.astype(np.int16) - released.astype(np.int16)).max()),
+        ssim=ssim(before, released) if min(released.shape[:2]) >= 11 else float("nan"),
+        linf=linf(before, released),
         distance_before=float(((y - target) ** 2).sum()),
         distance_after=float(((feature_after - target) ** 2).sum()),
     )

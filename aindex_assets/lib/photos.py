@@ -53,6 +53,23 @@ def demo_photos() -> list[tuple[str, bytes]]:
     return [(name, path.read_bytes()) for name, path in _photo_paths()]
 
 
+def split_demo_photos(
+    every: int = 4,
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """Disjoint (to_ingest, held_out) lists of the demo photos, in a fixed order.
+
+    Every `every`-th photo (the 4th, 8th, ...) is held out for training descriptors and
+    distractors, so that no distractor is cut from a photo that is also indexed and
+    queried; the rest are the photos to ingest (36 and 12 of 48 by default).
+    """
+    if every < 2:
+        raise ValueError(f"every must be at least 2, got {every}")
+    photos = demo_photos()
+    to_ingest = [photo for i, photo in enumerate(photos) if i % every != every - 1]
+    held_out = [photo for i, photo in enumerate(photos) if i % every == every - 1]
+    return to_ingest, held_out
+
+
 def random_crops(images: Sequence[Image.Image], n: int, size: int, seed: int) -> list[Image.Image]:
     """`n` random square crops, resized to `size` px, drawn evenly from `images`.
 

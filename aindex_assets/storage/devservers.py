@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,7 +160,7 @@ class SeaweedServer:
             try:
                 client.list_buckets()
                 return
-            except Exception as exc:  # noqa: BLE001 (anything means "not yet")
+            except Exception as exc:
                 last_error = exc
                 time.sleep(0.2)
         raise ServerUnavailable(
@@ -187,7 +187,7 @@ class SeaweedServer:
 
     def answers(self) -> bool:
         try:
-            urllib.request.urlopen(self.endpoint, timeout=1)  # noqa: S310 (loopback http)
+            urllib.request.urlopen(self.endpoint, timeout=1)
         except urllib.error.HTTPError:
             return True
         except OSError:
@@ -202,10 +202,8 @@ class SeaweedServer:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def postgres_admin_url() -> str:
@@ -216,7 +214,9 @@ def postgres_admin_url() -> str:
 
 
 def postgres_answers(admin_url: str | None = None) -> bool:
-    engine = sa.create_engine(admin_url or postgres_admin_url(), connect_args={"connect_timeout": 3})
+    engine = sa.create_engine(
+        admin_url or postgres_admin_url(), connect_args={"connect_timeout": 3}
+    )
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))

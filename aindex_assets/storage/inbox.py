@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
-from aindex_assets.storage.keys import safe_name
+from aindex_assets.storage.keys import INBOX_PREFIX, manifest_key, safe_name
 from aindex_assets.storage.objectstore import ObjectNotFound, ObjectStore
 
-INBOX_PREFIX = "inbox/"
-QUERY_INBOX_PREFIX = "queries/inbox/"
 MANIFEST_CONTENT_TYPE = "application/json"
 
 
@@ -49,10 +47,6 @@ class BatchManifest:
     def from_json(cls, data: bytes) -> BatchManifest:
         raw = json.loads(data)
         return cls(raw["batch_id"], raw["kind"], tuple(raw["source_keys"]), raw["created_at"])
-
-
-def manifest_key(batch_id: str) -> str:
-    return f"batches/{batch_id}/manifest.json"
 
 
 def new_batch_id(source_keys: tuple[str, ...], now: datetime | None = None) -> str:
