@@ -19,6 +19,7 @@ from aindex_assets.storage.objectstore import ObjectStore, open_object_store
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 
+
 def collect_files(paths: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
@@ -34,7 +35,9 @@ def collect_files(paths: Sequence[str]) -> list[Path]:
 
 def upload(store: ObjectStore, named_bytes: Sequence[tuple[str, bytes]], prefix: str) -> list[str]:
     keys = []
-    for name, data in tqdm(named_bytes, desc="upload", unit="file", disable=not sys.stderr.isatty()):
+    for name, data in tqdm(
+        named_bytes, desc="upload", unit="file", disable=not sys.stderr.isatty()
+    ):
         key = upload_key(name, prefix=prefix)
         store.put_bytes(key, data)
         keys.append(key)
@@ -45,19 +48,28 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     files = collect_files(args.paths)
     store = open_object_store(settings)
     keys = upload(store, [(f.name, f.read_bytes()) for f in files], INBOX_PREFIX)
-    emit(args, {"uploaded": len(keys), "keys": keys}, f"uploaded {len(keys)} file(s) to {store.uri(INBOX_PREFIX)}")
+    emit(
+        args,
+        {"uploaded": len(keys), "keys": keys},
+        f"uploaded {len(keys)} file(s) to {store.describe()} under {INBOX_PREFIX}",
+    )
     return 0
 
 
 def status_payload(catalog: Catalog) -> dict:
     counts = catalog.status_counts()
     rejected = {
-        batch: [{"source_key": r.source_key, "reason": r.reason} for r in catalog.rejected_in_batch(batch)]
+        batch: [
+            {"source_key": r.source_key, "reason": r.reason}
+            for r in catalog.rejected_in_batch(batch)
+        ]
         for batch in counts
     }
     version = catalog.active_index_version()
     return {
-        "index_version": None if version is None else {"id": version.id, "factory": version.factory},
+        "index_version": None
+        if version is None
+        else {"id": version.id, "factory": version.factory},
         "batches": [
             {"batch_id": batch, "counts": by_status, "rejected": rejected[batch]}
             for batch, by_status in counts.items()
@@ -67,7 +79,9 @@ def status_payload(catalog: Catalog) -> dict:
 
 def status_text(payload: dict) -> str:
     version = payload["index_version"]
-    lines = [f"index version: {version['id']} ({version['factory']})" if version else "no index yet"]
+    lines = [
+        f"index version: {version['id']} ({version['factory']})" if version else "no index yet"
+    ]
     for batch in payload["batches"]:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(batch["counts"].items()))
         lines.append(f"{batch['batch_id']}: {counts}")
@@ -106,7 +120,11 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
     (destination / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    emit(args, {"exported": len(manifest), "dest": str(destination)}, f"exported {len(manifest)} image(s) to {destination}")
+    emit(
+        args,
+        {"exported": len(manifest), "dest": str(destination)},
+        f"exported {len(manifest)} image(s) to {destination}",
+    )
     return 0
 
 
@@ -121,7 +139,7 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from aindex_assets.demo import run_demo
 
-    summary = run_demo(settings, images=args.images)
+    summary = run_demo(settings, images=args.images, max_side=args.max_side)
     emit(args, summary, summary["text"])
     return 0
 
@@ -136,8 +154,11 @@ def emit(args: argparse.Namespace, payload: dict, text: str) -> None:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="aindex", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the whole asset graph on real photos shipped in packages")
+    demo = sub.add_parser(
+        "demo", help="run the whole asset graph on real photos shipped in packages"
+    )
     demo.add_argument("--images", type=int, default=24, help="how many photos to activate")
+    demo.add_argument("--max-side", type=int, default=1024, help="longest side of the photos")
     ingest = sub.add_parser("ingest", help="upload files or folders to the inbox")
     ingest.add_argument("paths", nargs="+")
     sub.add_parser("status", help="batches, counts per status, rejected files with reasons")

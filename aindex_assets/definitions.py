@@ -4,7 +4,6 @@ Resources are chosen here from the environment (see `aindex_assets.settings`): t
 embedded default (local folder + SQLite) or production (S3/MinIO + PostgreSQL).
 """
 
-
 import dagster as dg
 
 from aindex_assets.defs import activation, checks, embeddings, index, ingest, reports
@@ -23,9 +22,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         sensors=[inbox_sensor],
         resources={
             "storage": storage_from_settings(settings),
-            "extractor": ExtractorResource(
-                spec=settings.extractor_spec, device=settings.device
-            ),
+            "extractor": ExtractorResource(spec=settings.extractor_spec, device=settings.device),
         },
         # One batch is a chain of steps that share a loaded network: run them in one
         # process. Parallelism comes from concurrent runs (one per batch) and pools.

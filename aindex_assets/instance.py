@@ -1,4 +1,4 @@
-"""The local Dagster instance that `aindex demo` and `aindex ui` share (SQLite, under the data folder)."""
+"""The local Dagster instance that `aindex demo` and `aindex ui` share (SQLite, in the data dir)."""
 
 from __future__ import annotations
 

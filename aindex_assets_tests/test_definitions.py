@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from aindex_assets import cli
+from aindex_assets.definitions import build_definitions
 from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.defs.sensors import inbox_sensor
-from aindex_assets.definitions import build_definitions
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
@@ -71,11 +73,18 @@ def drop(settings: Settings, photos: list[tuple[str, bytes]]) -> None:
 
 def test_definitions_validate_with_dagster_cli(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
-         "-m", "aindex_assets.definitions"],
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "definitions",
+            "validate",
+            "-m",
+            "aindex_assets.definitions",
+        ],
         env={"PATH": "/usr/bin:/bin", "AINDEX_DATA_DIR": str(tmp_path), "HOME": str(tmp_path)},
         cwd=tmp_path,  # away from the production dagster.yaml at the repository root
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
@@ -117,15 +126,23 @@ def test_sensor_two_batches_then_duplicate(settings: Settings, defs: dg.Definiti
         assert isinstance(tick(defs, instance), dg.SkipReason)
 
 
-def test_batch_run_records_activation_report_and_checks(settings: Settings, defs: dg.Definitions) -> None:
+def test_batch_run_records_activation_report_and_checks(
+    settings: Settings,
+    defs: dg.Definitions,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     drop(settings, small_photos(4))
+    drop(settings, [("broken page.png", b"<!DOCTYPE html><html><body>not an image</body></html>")])
     catalog = Catalog.open(settings.database_url)
     with dg.instance_for_test() as instance:
         result = tick(defs, instance)
         [run] = result.run_requests
         instance.add_dynamic_partitions(INGEST_BATCHES.name, [run.partition_key])
         outcome = defs.resolve_job_def(run.job_name).execute_in_process(
-            instance=instance, partition_key=run.partition_key,
+            instance=instance,
+            partition_key=run.partition_key,
             run_config=job_config(defs, run.job_name),
         )
         assert outcome.success
@@ -139,7 +156,9 @@ def test_batch_run_records_activation_report_and_checks(settings: Settings, defs
         activations = catalog.activations(batch_id=run.partition_key)
         assert len(activations) == 4
         store = open_object_store(settings)
-        assert all(store.exists(a.object_key) and a.object_key.endswith(".png") for a in activations)
+        assert all(
+            store.exists(a.object_key) and a.object_key.endswith(".png") for a in activations
+        )
         assert {i.status for i in catalog.images_in_batch(run.partition_key)} == {"indexed"}
         [report] = catalog.reports(batch_id=run.partition_key, kind="robustness")
         assert report.payload["image_ids"] == sorted(a.image_id for a in activations)
@@ -147,3 +166,21 @@ def test_batch_run_records_activation_report_and_checks(settings: Settings, defs
             dg.AssetKey("activated_images")
         ).asset_materialization
         assert materialization.metadata["activated"].value == 4
+
+        monkeypatch.setenv("AINDEX_DATA_DIR", str(settings.data_dir))
+        capsys.readouterr()
+        assert cli.main(["status", "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        [batch] = [b for b in status["batches"] if b["batch_id"] == run.partition_key]
+        assert batch["counts"]["indexed"] == 4
+        [rejected] = batch["rejected"]
+        assert "broken" in rejected["source_key"] and "HTML" in rejected["reason"]
+
+        assert cli.main(["export", run.partition_key, str(tmp_path / "out"), "--json"]) == 0
+        manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+        assert sorted(m["image_id"] for m in manifest) == sorted(a.image_id for a in activations)
+        for entry in manifest:
+            exported = (tmp_path / "out" / entry["file"]).read_bytes()
+            assert exported == store.get_bytes(
+                next(a.object_key for a in activations if a.image_id == entry["image_id"])
+            )

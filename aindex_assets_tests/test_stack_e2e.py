@@ -47,9 +47,7 @@ def instance_yaml(dagster_pg_url: str) -> dict:
 def bootstrap_index(settings: Settings) -> None:
     defs = build_definitions(settings)
     ops = {k: v for k, v in FAST_RUN_CONFIG["ops"].items() if k != "activated_images"}
-    result = dg.materialize(
-        BOOTSTRAP_ASSETS, resources=defs.resources, run_config={"ops": ops}
-    )
+    result = dg.materialize(BOOTSTRAP_ASSETS, resources=defs.resources, run_config={"ops": ops})
     assert result.success
 
 
@@ -64,21 +62,30 @@ def wait_for(predicate, timeout: float, what: str, daemon: subprocess.Popen) -> 
 
 
 def test_daemon_sensor_activates_uploads_on_postgres_and_s3(
-    tmp_path: Path, s3_store_settings: dict[str, str], postgres_url_factory
+    tmp_path: Path,
+    s3_store_settings: dict[str, str],
+    postgres_url_factory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = {
         **s3_store_settings,
         "AINDEX_DATA_DIR": str(tmp_path / "data"),
         "AINDEX_DATABASE_URL": postgres_url_factory("catalog"),
     }
+    for name, value in env.items():  # S3 credentials reach resources as environment references
+        monkeypatch.setenv(name, value)
     settings = Settings.from_env(env)
     bootstrap_index(settings)
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml(postgres_url_factory("dagster"))))
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump(instance_yaml(postgres_url_factory("dagster")))
+    )
     workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": "aindex_assets.definitions"}]}))
+    workspace.write_text(
+        yaml.safe_dump({"load_from": [{"python_module": "aindex_assets.definitions"}]})
+    )
 
     store = open_object_store(settings)
     photos = small_photos(3)
@@ -89,14 +96,22 @@ def test_daemon_sensor_activates_uploads_on_postgres_and_s3(
     log = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
-        env=daemon_env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=daemon_env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     catalog = Catalog.open(settings.database_url)
     try:
         wait_for(
-            lambda: catalog.count_images(status="indexed") == len(photos)
-            and bool(catalog.reports(kind="robustness")),
-            WAIT_SECONDS, "the sensor's run to index the uploads", daemon,
+            lambda: (
+                catalog.count_images(status="indexed") == len(photos)
+                and bool(catalog.reports(kind="robustness"))
+            ),
+            WAIT_SECONDS,
+            "the sensor's run to index the uploads",
+            daemon,
         )
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)

@@ -1,1 +1,1 @@
-"""Dagster glue: assets, checks, sensors and resources over aindex_assets.lib and aindex_assets.storage."""
+"""Dagster glue: assets, checks, sensors and resources over `lib` and `storage`."""

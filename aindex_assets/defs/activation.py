@@ -1,10 +1,10 @@
-"""Activation: imperceptible changes that pull each image's descriptor deep inside its index cell."""
-
+"""Activation: imperceptible changes that pull each descriptor deep inside its index cell."""
 
 import dataclasses
 from statistics import mean
 
 import dagster as dg
+import numpy as np
 
 from aindex_assets.defs.embeddings import image_embeddings
 from aindex_assets.defs.partitions import ACTIVATION_POOL, INGEST_BATCHES
@@ -20,8 +20,6 @@ from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.images import encode_png
 from aindex_assets.storage.catalog import Catalog, ImageRecord
 from aindex_assets.storage.keys import activated_key
-
-import numpy as np
 
 
 class ActivationConfig(dg.Config):
@@ -50,7 +48,10 @@ def images_to_activate(catalog: Catalog, batch_id: str) -> tuple[list[ImageRecor
 
 
 def psnr_table(records: list[tuple[ImageRecord, float, float]]) -> str:
-    rows = [f"| {image.id} | `{image.source_key}` | {psnr:.2f} | {ssim:.4f} |" for image, psnr, ssim in records[:30]]
+    rows = [
+        f"| {image.id} | `{image.source_key}` | {psnr:.2f} | {ssim:.4f} |"
+        for image, psnr, ssim in records[:30]
+    ]
     return "\n".join(["| image | source | PSNR (dB) | SSIM |", "|---|---|---|---|", *rows])
 
 

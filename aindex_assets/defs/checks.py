@@ -1,6 +1,5 @@
 """Asset checks: the guarantees an auditor can read next to each materialization."""
 
-
 import dagster as dg
 
 from aindex_assets.defs.activation import activated_images
@@ -47,12 +46,14 @@ def psnr_above_floor(
 def shard_holds_batch_activations(
     context: dg.AssetCheckExecutionContext, storage: StorageResource
 ) -> dg.AssetCheckResult:
-    """The batch's shard holds exactly the ids of the batch's activated images, no more, no fewer."""
+    """The batch's shard holds exactly the ids of its activated images, no more, no fewer."""
     store, catalog = storage.store(), storage.catalog()
     version = require_active_version(catalog)
     [shard] = [s for s in catalog.shards(version.id) if s.batch_id == context.partition_key]
     expected = {a.image_id for a in catalog.activations(batch_id=context.partition_key)}
-    held = set(faiss_index.stored_ids(faiss_index.deserialize_index(store.get_bytes(shard.object_key))))
+    held = set(
+        faiss_index.stored_ids(faiss_index.deserialize_index(store.get_bytes(shard.object_key)))
+    )
     return dg.AssetCheckResult(
         passed=held == expected,
         metadata={

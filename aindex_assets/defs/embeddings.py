@@ -1,10 +1,8 @@
 """Descriptors: of each batch's originals, and of the training set the index is trained on."""
 
-
+import dagster as dg
 import numpy as np
 from PIL import Image
-
-import dagster as dg
 
 from aindex_assets.defs.ingest import raw_images
 from aindex_assets.defs.partitions import INGEST_BATCHES
@@ -23,6 +21,7 @@ from aindex_assets.storage.keys import (
     training_embeddings_key,
 )
 from aindex_assets.storage.objectstore import ObjectStore
+
 
 @dg.asset(
     partitions_def=INGEST_BATCHES,
@@ -45,8 +44,10 @@ def image_embeddings(
     model = extractor.load()
     register_extractor(catalog, extractor)
     images = catalog.images_in_batch(context.partition_key)
-    vectors = model.embed_images(load_originals(store, images)) if images else np.zeros(
-        (0, model.dim), np.float32
+    vectors = (
+        model.embed_images(load_originals(store, images))
+        if images
+        else np.zeros((0, model.dim), np.float32)
     )
     ids = np.array([i.id for i in images], dtype=np.int64)
     key = embeddings_key(model.identity, context.partition_key)
@@ -79,7 +80,10 @@ def training_images(store: ObjectStore, config: TrainingConfig) -> tuple[list[Im
     _, held_out = split_demo_photos()
     photos = [decode_image(data, name).image for name, data in held_out]
     crops = random_crops(photos, config.crops, config.crop_size, config.seed)
-    return crops, f"{len(crops)} random crops of {len(photos)} held-out packaged photos (seed {config.seed})"
+    return (
+        crops,
+        f"{len(crops)} random crops of {len(photos)} held-out packaged photos (seed {config.seed})",
+    )
 
 
 @dg.asset(group_name="index", kinds={"pytorch", "numpy"})

@@ -1,9 +1,7 @@
 """The FAISS index: versioned training, immutable per-batch shards, and the merged served index."""
 
-
-import numpy as np
-
 import dagster as dg
+import numpy as np
 
 from aindex_assets.defs.embeddings import (
     TrainingConfig,
@@ -220,7 +218,9 @@ def merge_served_index(store: ObjectStore, catalog: Catalog, version: IndexVersi
     pool=INDEX_WRITER_POOL,
     automation_condition=dg.AutomationCondition.eager(),
 )
-def search_index(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+def search_index(
+    context: dg.AssetExecutionContext, storage: StorageResource
+) -> dg.MaterializeResult:
     """The served index: all shards of the active index version merged into one FAISS file.
 
     A new object is written first, then the catalog's pointer switches to it in one

@@ -1,5 +1,4 @@
-"""Ingestion: inbox objects of a batch become validated, content-addressed originals in the catalog."""
-
+"""Ingestion: a batch's inbox objects become validated, content-addressed originals."""
 
 from dataclasses import dataclass, field
 
@@ -58,7 +57,9 @@ def ingest_object(
 def outcome_metadata(outcome: IngestOutcome, n_files: int) -> dict[str, dg.MetadataValue]:
     rows = [f"| `{key}` | {reason} |" for key, reason in outcome.rejected[:50]]
     rejected_table = "\n".join(["| file | reason |", "|---|---|", *rows]) if rows else "none"
-    duplicates = [f"| `{key}` | {image_id} | {batch} |" for key, image_id, batch in outcome.duplicates]
+    duplicates = [
+        f"| `{key}` | {image_id} | {batch} |" for key, image_id, batch in outcome.duplicates
+    ]
     duplicate_table = (
         "\n".join(["| file | image id | first seen in batch |", "|---|---|---|", *duplicates[:50]])
         if duplicates

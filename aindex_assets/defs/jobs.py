@@ -1,6 +1,5 @@
 """Jobs: what one ingestion batch runs, how the index is bootstrapped, and the explicit retrain."""
 
-
 import dagster as dg
 
 from aindex_assets.defs.activation import activated_images
@@ -25,7 +24,10 @@ BOOTSTRAP_SELECTION = dg.AssetSelection.assets(*BOOTSTRAP_ASSETS)
 activate_batch_job = dg.define_asset_job(
     "activate_batch",
     selection=BATCH_SELECTION,
-    description="One ingestion batch from the inbox to activated images, its shard, the served index and its report.",
+    description=(
+        "One ingestion batch from the inbox to activated images, its shard, the served index "
+        "and its report."
+    ),
 )
 
 bootstrap_job = dg.define_asset_job(

@@ -1,6 +1,5 @@
 """Partitions and names shared by assets, checks, sensors and the command line."""
 
-
 import dagster as dg
 
 # One partition per ingestion batch (never per image: Dagster advises at most ~100k partitions).

@@ -1,11 +1,9 @@
-"""Robustness reports: does activation keep edited copies findable, on this data, index and extractor?"""
-
+"""Robustness reports: does activation keep edited copies findable, here and now?"""
 
 import json
 
-import numpy as np
-
 import dagster as dg
+import numpy as np
 
 from aindex_assets.defs.embeddings import load_originals
 from aindex_assets.defs.partitions import INGEST_BATCHES
@@ -62,8 +60,13 @@ def robustness_report(
         return faiss_index.search(served, queries, k=k, nprobe=config.nprobe)
 
     result = evaluate_robustness(
-        passive, active, [a.image_id for a in activations], model.embed_images, search,
-        k=config.k, seed=config.seed,
+        passive,
+        active,
+        [a.image_id for a in activations],
+        model.embed_images,
+        search,
+        k=config.k,
+        seed=config.seed,
     )
     payload = {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -82,7 +85,10 @@ def robustness_report(
     key = report_key(context.partition_key, "robustness", report_id)
     store.put_bytes(key, json.dumps(payload, indent=2).encode(), content_type="application/json")
     catalog.record_report(
-        batch_id=context.partition_key, kind="robustness", payload=payload, object_key=key,
+        batch_id=context.partition_key,
+        kind="robustness",
+        payload=payload,
+        object_key=key,
         rows=result.rows,
         report_id=report_id,
     )

@@ -5,7 +5,6 @@ store client, the catalog engine, the loaded network) are cached per process so
 that every asset of a run shares them.
 """
 
-
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from aindex_assets.storage.objectstore import ObjectStore, open_object_store
 
 
 class StorageResource(dg.ConfigurableResource):
-    """The object store (local folder or S3/MinIO) and the metadata catalog (SQLite or PostgreSQL)."""
+    """The object store (local folder or S3/MinIO) and the catalog (SQLite or PostgreSQL)."""
 
     data_dir: str = "aindex_data"
     object_store: str = "local"
@@ -49,7 +48,11 @@ class StorageResource(dg.ConfigurableResource):
 
 
 class ExtractorResource(dg.ConfigurableResource):
-    """The frozen feature extractor: `efficientnet_lite0` (offline default), `torchscript:<path|url>`, or `torchvision:<arch>:<weights>`."""
+    """The frozen feature extractor.
+
+    `efficientnet_lite0` (offline default), `torchscript:<path|url>[#sha256=<hex>]` or
+    `torchvision:<arch>:<weights file>`.
+    """
 
     spec: str = "efficientnet_lite0"
     device: str = "auto"

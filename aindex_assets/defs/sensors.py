@@ -1,6 +1,5 @@
 """The inbox sensor: new uploads become ingestion batches without anyone clicking."""
 
-
 import dagster as dg
 
 from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job

@@ -1,11 +1,9 @@
 """Reads that several assets share: originals, descriptors, the active index version."""
 
-
+import dagster as dg
 import faiss
 import numpy as np
 from PIL import Image
-
-import dagster as dg
 
 from aindex_assets.defs.resources import ExtractorResource
 from aindex_assets.lib import index as faiss_index
@@ -45,7 +43,9 @@ def register_extractor(catalog: Catalog, extractor_resource: ExtractorResource) 
 def require_active_version(catalog: Catalog) -> IndexVersionRecord:
     version = catalog.active_index_version()
     if version is None:
-        raise dg.Failure("no trained index: materialize `trained_index` first (or run `aindex demo`)")
+        raise dg.Failure(
+            "no trained index: materialize `trained_index` first (or run `aindex demo`)"
+        )
     return version
 
 
@@ -56,7 +56,9 @@ def load_trained(store: ObjectStore, version: IndexVersionRecord) -> faiss.Index
 def load_served(store: ObjectStore, catalog: Catalog, version: IndexVersionRecord) -> faiss.Index:
     served = catalog.current_served_index(version.id)
     if served is None:
-        raise dg.Failure(f"index version {version.id} has no served index: materialize `search_index`")
+        raise dg.Failure(
+            f"index version {version.id} has no served index: materialize `search_index`"
+        )
     return faiss_index.deserialize_index(store.get_bytes(served.object_key))
 
 

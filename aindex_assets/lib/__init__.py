@@ -1,1 +1,1 @@
-"""The method itself: extractors, FAISS indexes, activation, edits, metrics. Never imports Dagster."""
+"""The method: extractors, FAISS indexes, activation, edits, metrics. Never imports Dagster."""

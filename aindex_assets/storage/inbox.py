@@ -76,7 +76,7 @@ def claim_batches(
     batch_size: int,
     max_batches: int,
 ) -> tuple[list[BatchManifest], str | None]:
-    """Group new inbox objects into at most ``max_batches`` manifests; returns them and the new cursor.
+    """Group new inbox objects into at most ``max_batches`` manifests, and the new cursor.
 
     Manifests are written before the cursor moves, so a crash in between only
     leaves an unused manifest behind, never a lost file.
