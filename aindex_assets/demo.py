@@ -41,7 +41,10 @@ def run_batches(settings: Settings, batch_ids: list[str], catalog: Catalog) -> N
     for batch_id in batch_ids:
         job = bootstrap_job if catalog.active_index_version() is None else activate_batch_job
         result = defs.resolve_job_def(job.name).execute_in_process(
-            instance=instance, partition_key=batch_id, raise_on_error=True
+            instance=instance,
+            partition_key=batch_id,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            raise_on_error=True,
         )
         if not result.success:
             raise RuntimeError(f"batch {batch_id} failed (run {result.run_id})")

@@ -14,6 +14,7 @@ from aindex_assets import cli
 from aindex_assets.definitions import build_definitions
 from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
 from aindex_assets.defs.partitions import INGEST_BATCHES
+from aindex_assets.defs.resources import storage_from_settings
 from aindex_assets.defs.sensors import inbox_sensor
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.settings import Settings
@@ -184,3 +185,21 @@ def test_batch_run_records_activation_report_and_checks(
             assert exported == store.get_bytes(
                 next(a.object_key for a in activations if a.image_id == entry["image_id"])
             )
+
+
+def test_s3_credentials_stay_environment_references_in_resource_config() -> None:
+    settings = Settings.from_env(
+        {
+            "AINDEX_OBJECT_STORE": "s3",
+            "AINDEX_S3_ENDPOINT": "http://127.0.0.1:9",
+            "AINDEX_S3_ACCESS_KEY": "access-visible-nowhere",
+            "AINDEX_S3_SECRET_KEY": "secret-visible-nowhere",
+            "AINDEX_DATABASE_URL": "postgresql://aindex:password-visible-nowhere@db/aindex",
+        },
+        dotenv=None,
+    )
+    resource = storage_from_settings(settings)
+    assert isinstance(resource.s3_secret_key, dg.EnvVar)
+    assert isinstance(resource.s3_access_key, dg.EnvVar)
+    assert isinstance(resource.database_url, dg.EnvVar)
+    assert "visible-nowhere" not in repr(resource) + repr(settings)

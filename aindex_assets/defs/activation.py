@@ -4,6 +4,7 @@ import dataclasses
 from statistics import mean
 
 import dagster as dg
+import faiss
 import numpy as np
 
 from aindex_assets.defs.embeddings import image_embeddings
@@ -12,14 +13,15 @@ from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.defs.shared import (
     load_batch_descriptors,
     load_originals,
-    load_served,
     load_trained,
     require_active_version,
 )
+from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.images import encode_png
-from aindex_assets.storage.catalog import Catalog, ImageRecord
+from aindex_assets.storage.catalog import Catalog, ImageRecord, IndexVersionRecord
 from aindex_assets.storage.keys import activated_key
+from aindex_assets.storage.objectstore import ObjectStore
 
 
 class ActivationConfig(dg.Config):
@@ -47,6 +49,25 @@ def images_to_activate(catalog: Catalog, batch_id: str) -> tuple[list[ImageRecor
     return [i for i in images if i.id not in done], sorted(done)
 
 
+def competitor_database(
+    store: ObjectStore,
+    catalog: Catalog,
+    version: IndexVersionRecord,
+    trained: faiss.Index,
+    batch_id: str,
+) -> faiss.Index:
+    """Every code the batch will compete with: distractors and the other batches' shards.
+
+    Pulling a descriptor onto its own coarse code also pulls it towards neighbours with
+    nearly the same code; the margin term needs them (the batch's own images are added
+    by the caller) to keep the unedited release first.
+    """
+    shards = [s for s in catalog.shards(version.id) if s.batch_id != batch_id]
+    return faiss_index.merge_shards(
+        trained, [faiss_index.deserialize_index(store.get_bytes(s.object_key)) for s in shards]
+    )
+
+
 def psnr_table(records: list[tuple[ImageRecord, float, float]]) -> str:
     rows = [
         f"| {image.id} | `{image.source_key}` | {psnr:.2f} | {ssim:.4f} |"
@@ -57,7 +78,7 @@ def psnr_table(records: list[tuple[ImageRecord, float, float]]) -> str:
 
 @dg.asset(
     partitions_def=INGEST_BATCHES,
-    deps=[image_embeddings, "trained_index"],
+    deps=[image_embeddings, "trained_index", "index_distractors"],
     group_name="activation",
     kinds={"pytorch", "png"},
     pool=ACTIVATION_POOL,
@@ -89,8 +110,8 @@ def activated_images(
         originals = load_originals(store, todo)
         features = np.stack([descriptors[i.id] for i in todo])
         index = load_trained(store, version)
-        served = catalog.current_served_index(version.id)
-        database = load_served(store, catalog, version) if served and served.ntotal else None
+        database = competitor_database(store, catalog, version, index, context.partition_key)
+        faiss_index.add_with_ids(database, features, np.array([i.id for i in todo], np.int64))
         results = activate(
             originals, model, index, params, original_features=features, database=database
         )

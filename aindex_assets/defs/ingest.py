@@ -10,7 +10,7 @@ from aindex_assets.lib.images import ImageRejected, content_hash, decode_image
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import read_manifest
 from aindex_assets.storage.keys import original_key
-from aindex_assets.storage.objectstore import ObjectStore
+from aindex_assets.storage.objectstore import ObjectNotFound, ObjectStore
 
 
 @dataclass
@@ -26,7 +26,13 @@ def ingest_object(
     store: ObjectStore, catalog: Catalog, batch_id: str, source_key: str, outcome: IngestOutcome
 ) -> None:
     """Validate one inbox object; keep and register it, or record why it was refused."""
-    data = store.get_bytes(source_key)
+    try:
+        data = store.get_bytes(source_key)
+    except ObjectNotFound:
+        reason = "removed from the inbox before it could be ingested"
+        catalog.reject_file(batch_id, source_key, reason)
+        outcome.rejected.append((source_key, reason))
+        return
     digest = content_hash(data) if data else None
     try:
         decoded = decode_image(data, source_key)

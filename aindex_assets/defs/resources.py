@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from aindex_assets.lib.extractors import Extractor, load_extractor
-from aindex_assets.settings import Settings
+from aindex_assets.settings import Settings, redact_url
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.objectstore import ObjectStore, open_object_store
 
@@ -77,11 +77,18 @@ def _load_extractor(spec: str, device: str) -> Extractor:
 
 
 def storage_from_settings(settings: Settings) -> StorageResource:
-    """The storage resource for an environment; S3 credentials stay environment references."""
+    """The storage resource for an environment; secrets stay environment references.
+
+    Dagster shows resource config in its UI, so S3 keys, and a database URL that carries
+    a password, are passed as `EnvVar`s and resolved only inside the run.
+    """
+    has_password = redact_url(settings.database_url) != settings.database_url
     common = {
         "data_dir": str(settings.data_dir),
         "object_store": settings.object_store,
-        "database_url": settings.database_url,
+        "database_url": (
+            dg.EnvVar("AINDEX_DATABASE_URL") if has_password else settings.database_url
+        ),
     }
     if settings.object_store != "s3":
         return StorageResource(**common)
