@@ -17,7 +17,8 @@ from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.extractors import load_extractor
 from aindex_assets.lib.metrics import psnr
 
-FAST = ActivationParams(iterations=3, batch_size=4)
+# The unedited-copy guarantee is tested on its own; here it would hide the perturbation.
+FAST = ActivationParams(iterations=3, batch_size=4, keep_first=False)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,31 @@ def test_psnr_floor_shrinks_the_perturbation_until_it_holds() -> None:
     quiet = within_psnr_floor(original, loud, 42.0)
     achieved = psnr(to_uint8(original), to_uint8(quiet))
     assert 42.0 <= achieved < 44.0  # shrunk just enough, not wiped out
+
+
+def test_antialiased_optimization_spreads_the_perturbation(extractor, small_index):
+    """A 3x downscale without antialias reads one pixel in nine: only those can be perturbed."""
+    named = dict(photos.demo_photos())
+    image = Image.open(io.BytesIO(named["skimage/astronaut.png"])).convert("RGB").resize((672, 672))
+    changed = {}
+    for antialias in (False, True):
+        params = dataclasses.replace(FAST, antialias=antialias, min_psnr=None)
+        released = activate([image], extractor, small_index, params)[0].image
+        changed[antialias] = float((released != np.asarray(image)).any(axis=2).mean())
+    assert changed[False] <= 1 / 9 + 0.01
+    assert changed[True] > 0.3, changed
+
+
+def test_unedited_release_never_ranks_its_own_code_below_the_original(
+    extractor, small_index, small_photos
+) -> None:
+    from aindex_assets.lib.activation import own_code_ranks, with_own_codes
+
+    params = dataclasses.replace(FAST, keep_first=True)
+    features = extractor.embed_images(small_photos)
+    searched, own_ids = with_own_codes(small_index, features)
+    passive = own_code_ranks(searched, features, own_ids, params.nprobe)
+    results = activate(small_photos, extractor, small_index, params, original_features=features)
+    released = extractor.embed_images([Image.fromarray(r.image) for r in results])
+    active = own_code_ranks(searched, released, own_ids, params.nprobe)
+    assert (active <= passive).all(), (passive, active)

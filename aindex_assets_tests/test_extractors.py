@@ -139,3 +139,25 @@ def test_torchvision_loader(tmp_path: Path):
 def test_bad_specs_are_refused(spec: str, message: str):
     with pytest.raises(ExtractorError, match=message):
         load_extractor(spec, device="cpu")
+
+
+def test_antialias_is_part_of_the_preprocessing_and_identity(scripted: Path):
+    sharp = load_extractor(f"torchscript:{scripted}", device="cpu", input_size=32)
+    smooth = load_extractor(f"torchscript:{scripted}", device="cpu", input_size=32, antialias=True)
+    assert not sharp.preprocessing["antialias"] and smooth.preprocessing["antialias"]
+    assert smooth.identity != sharp.identity
+    pixels = torch.rand(1, 3, 128, 160)
+    assert not torch.allclose(smooth.embed(pixels), sharp.embed(pixels))
+    assert torch.allclose(smooth.resize(pixels, antialias=False), sharp.resize(pixels))
+
+
+def test_antialiased_resize_gives_every_pixel_a_gradient(scripted: Path):
+    """A 4x downscale without antialias reads 2x2 of every 4x4 pixels; with it, all of them."""
+    extractor = load_extractor(f"torchscript:{scripted}", device="cpu", input_size=32)
+    reached = {}
+    for antialias in (False, True):
+        pixels = torch.rand(1, 3, 128, 128, requires_grad=True)
+        extractor.resize(pixels, antialias=antialias).sum().backward()
+        reached[antialias] = float((pixels.grad != 0).float().mean())
+    assert reached[False] == pytest.approx(0.25)
+    assert reached[True] == 1.0

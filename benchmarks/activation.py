@@ -107,10 +107,19 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--edits", default="", help="comma-separated subset of the paper's edits")
+    parser.add_argument(
+        "--antialias",
+        choices=("off", "activation", "everywhere"),
+        default="off",
+        help="antialiased resize: nowhere, in the activation's optimization only, or as the "
+        "extractor's preprocessing (index, activation and queries)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    extractor = load_extractor("efficientnet_lite0", device=args.device)
+    extractor = load_extractor(
+        "efficientnet_lite0", device=args.device, antialias=args.antialias == "everywhere"
+    )
     to_ingest, held_out = photos.split_demo_photos()
     queried = [decode(data, args.max_side) for _, data in to_ingest[: args.images]]
     sources = [decode(data, 1024) for _, data in held_out]
@@ -128,7 +137,7 @@ def main() -> None:
     served = faiss_index.merge_shards(trained, [database])
     faiss_index.add_with_ids(served, features, ids)
 
-    params = ActivationParams()
+    params = ActivationParams(antialias=True if args.antialias == "activation" else None)
     batch = min(params.batch_size, len(queried))
     floor = floor_seconds(extractor, batch, params.iterations) * len(queried) / batch
     start = time.perf_counter()

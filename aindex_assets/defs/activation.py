@@ -60,7 +60,7 @@ def competitor_database(
 
     Pulling a descriptor onto its own coarse code also pulls it towards neighbours with
     nearly the same code; the margin term needs them (the batch's own images are added
-    by the caller) to keep the unedited release first.
+    by the engine) to keep the unedited release first.
     """
     shards = [s for s in catalog.shards(version.id) if s.batch_id != batch_id]
     return faiss_index.merge_shards(
@@ -111,7 +111,6 @@ def activated_images(
         features = np.stack([descriptors[i.id] for i in todo])
         index = load_trained(store, version)
         database = competitor_database(store, catalog, version, index, context.partition_key)
-        faiss_index.add_with_ids(database, features, np.array([i.id for i in todo], np.int64))
         results = activate(
             originals, model, index, params, original_features=features, database=database
         )

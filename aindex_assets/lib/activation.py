@@ -55,6 +55,12 @@ class ActivationParams:
     nearest competing codes (`lambda_margin` > 0), which keeps the unedited image first.
     `min_psnr` is a guarantee, not a goal: an image whose optimum falls below it has its
     perturbation shrunk until the released 8-bit image reaches it (None: no floor).
+    `keep_first` is the other guarantee, never worse than passive for the unedited copy:
+    a release whose descriptor ranks its own code lower than the original's descriptor
+    does (searched with `nprobe` among the database and the batch) has its perturbation
+    halved until it does not, or is released unchanged.
+    `antialias` chooses the differentiable resize inside the optimization only (None: the
+    extractor's own preprocessing, which always computes the stored and measured descriptors).
     """
 
     iterations: int = 10
@@ -74,6 +80,8 @@ class ActivationParams:
     heatmap_padding: str = "zeros"
     seed: int = 0
     min_psnr: float | None = 40.0
+    keep_first: bool = True
+    antialias: bool | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -86,7 +94,7 @@ class ActivationParams:
     @classmethod
     def paper(cls, **overrides: object) -> ActivationParams:
         """The paper's published defaults (scaling 3, no margin term)."""
-        paper = cls(scaling=3.0, lambda_margin=0.0, competitors=0, min_psnr=None)
+        paper = cls(scaling=3.0, lambda_margin=0.0, competitors=0, min_psnr=None, keep_first=False)
         return dataclasses.replace(paper, **overrides)
 
     def to_dict(self) -> dict[str, object]:
@@ -145,7 +153,11 @@ def activate(
     features = faiss_index.as_matrix(original_features, extractor.dim, "original_features")
     if len(features) != len(pixels):
         raise ValueError(f"{len(features)} original features for {len(pixels)} images")
-    goals = build_goals(index, features, params, database, device)
+    # The batch's own codes join the database: they compete with each other, and the
+    # unedited release must find its own code first (checked after optimisation).
+    searched, own_ids = with_own_codes(database if database is not None else index, features)
+    goals = build_goals(index, features, params, searched, device)
+    passive_ranks = own_code_ranks(searched, features, own_ids, params.nprobe)
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
     results: list[ActivationResult] = []
     for batch in plan_batches(pixels, params):
@@ -155,6 +167,13 @@ def activate(
         if params.min_psnr is not None:
             activated = [
                 within_psnr_floor(pixels[i], out, params.min_psnr)
+                for i, out in zip(batch, activated, strict=True)
+            ]
+        if params.keep_first:
+            activated = [
+                not_worse_than_passive(
+                    pixels[i], out, extractor, searched, own_ids[i], passive_ranks[i], params
+                )
                 for i, out in zip(batch, activated, strict=True)
             ]
         results.extend(
@@ -217,6 +236,9 @@ def build_goals(
         )
         same_code = ((codes - targets[:, None, :]) ** 2).sum(-1) < 1e-10
         valid = (ids >= 0) & ~same_code
+        # Missing results (fewer codes than asked) come back as garbage, even NaN: a NaN
+        # times a zero mask is still NaN, so zero them before they reach the loss.
+        codes = np.where(valid[..., None], codes, 0.0).astype(np.float32)
         keep = np.argsort(~valid, axis=1, kind="stable")[:, : params.competitors]
         rows = np.arange(len(features))[:, None]
         goals.competitors = torch.from_numpy(np.ascontiguousarray(codes[rows, keep])).to(device)
@@ -292,7 +314,7 @@ def optimize_batch(
             bounded = [torch.tanh(d) for d in deltas]
             resized = torch.cat(
                 [
-                    extractor.resize(x + a * b)
+                    extractor.resize(x + a * b, params.antialias)
                     for x, a, b in zip(originals, amplitudes, bounded, strict=True)
                 ]
             )
@@ -309,6 +331,49 @@ def optimize_batch(
             (x + a * torch.tanh(d)).clamp(0.0, 1.0)[0]
             for x, a, d in zip(originals, amplitudes, deltas, strict=True)
         ]
+
+
+def with_own_codes(database: faiss.Index, features: np.ndarray) -> tuple[faiss.Index, np.ndarray]:
+    """A copy of `database` that also holds `features`, and the fresh ids they got there."""
+    searched = faiss.clone_index(database)
+    held = faiss_index.stored_ids(database)
+    first = int(held.max()) + 1 if len(held) else 0
+    own_ids = np.arange(first, first + len(features), dtype=np.int64)
+    faiss_index.add_with_ids(searched, features, own_ids)
+    return searched, own_ids
+
+
+RANK_DEPTH = 10
+
+
+def own_code_ranks(
+    searched: faiss.Index, features: np.ndarray, own_ids: np.ndarray, nprobe: int
+) -> np.ndarray:
+    """Rank of each vector's own code among its nearest codes (RANK_DEPTH when not found)."""
+    _, ids = faiss_index.search(searched, features, k=RANK_DEPTH, nprobe=nprobe)
+    hits = ids == np.asarray(own_ids)[:, None]
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), RANK_DEPTH)
+
+
+def not_worse_than_passive(
+    original: torch.Tensor,
+    activated: torch.Tensor,
+    extractor: Extractor,
+    searched: faiss.Index,
+    own_id: int,
+    passive_rank: int,
+    params: ActivationParams,
+    attempts: int = 4,
+) -> torch.Tensor:
+    """Halve the perturbation until the release ranks its own code no lower than the original."""
+    for _ in range(attempts):
+        released = torch.from_numpy(to_uint8(activated)).permute(2, 0, 1).float() / 255.0
+        with torch.no_grad():
+            feature = extractor.embed(released[None].to(extractor.device)).cpu().numpy()
+        if own_code_ranks(searched, feature, np.array([own_id]), params.nprobe)[0] <= passive_rank:
+            return activated
+        activated = original + 0.5 * (activated - original)
+    return original.clone()
 
 
 def within_psnr_floor(

