@@ -203,3 +203,15 @@ def test_s3_credentials_stay_environment_references_in_resource_config() -> None
     assert isinstance(resource.s3_access_key, dg.EnvVar)
     assert isinstance(resource.database_url, dg.EnvVar)
     assert "visible-nowhere" not in repr(resource) + repr(settings)
+
+
+def test_local_workspace_points_at_the_definitions() -> None:
+    import importlib
+
+    import yaml
+
+    workspace = yaml.safe_load((Path(__file__).parents[1] / "workspace.yaml").read_text())
+    [location] = workspace["load_from"]
+    target = location["python_module"]
+    module = importlib.import_module(target["module_name"])
+    assert isinstance(getattr(module, target["attribute"]), dg.Definitions)
