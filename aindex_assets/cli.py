@@ -17,8 +17,6 @@ from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.objectstore import ObjectStore, open_object_store
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-
 
 def collect_files(paths: Sequence[str]) -> list[Path]:
     files: list[Path] = []

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
-from PIL import Image
-
-from aindex_assets.lib.photos import split_demo_photos
+from aindex_assets.lib.photos import small_demo_photos
 
 # Small enough for a 2-core CI, large enough for a real IVF-PQ index.
 FAST_RUN_CONFIG = {
@@ -21,13 +16,5 @@ FAST_RUN_CONFIG = {
 
 
 def small_photos(count: int, offset: int = 0, side: int = 160) -> list[tuple[str, bytes]]:
-    """Real photos shrunk so that activation stays fast, re-encoded as PNG."""
-    photos, _ = split_demo_photos()
-    shrunk = []
-    for name, data in photos[offset : offset + count]:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        image.thumbnail((side, side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        shrunk.append((Path(name).stem + ".png", buffer.getvalue()))
-    return shrunk
+    """Real photos shrunk so that activation stays fast."""
+    return small_demo_photos(count, side, offset)

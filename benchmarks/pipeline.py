@@ -12,14 +12,12 @@ alternates over `--repeat` rounds because these machines are noisy.
 """
 
 import argparse
-import io
 import tempfile
 import time
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
-from PIL import Image
 
 from aindex_assets.definitions import build_definitions
 from aindex_assets.defs.jobs import BOOTSTRAP_ASSETS, activate_batch_job
@@ -30,7 +28,7 @@ from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.evaluation import evaluate_robustness
 from aindex_assets.lib.extractors import load_extractor
 from aindex_assets.lib.images import decode_image, encode_png
-from aindex_assets.lib.photos import split_demo_photos
+from aindex_assets.lib.photos import small_demo_photos
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
@@ -43,18 +41,6 @@ BOOTSTRAP_CONFIG = {
         "trained_index": {"config": {"factory": "IVF16,PQ8x8"}},
     }
 }
-
-
-def shrunk_photos(count: int, side: int) -> list[tuple[str, bytes]]:
-    photos, _ = split_demo_photos()
-    out = []
-    for name, data in photos[:count]:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        image.thumbnail((side, side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        out.append((Path(name).stem + ".png", buffer.getvalue()))
-    return out
 
 
 def bootstrap(settings: Settings) -> None:
@@ -87,8 +73,13 @@ def direct(settings: Settings, photos: list[tuple[str, bytes]], folder: Path) ->
     source = open_object_store(settings)
     version = catalog.active_index_version()
     trained = faiss_index.deserialize_index(source.get_bytes(version.object_key))
-    served_record = catalog.current_served_index(version.id)
-    served_before = faiss_index.deserialize_index(source.get_bytes(served_record.object_key))
+    served_before = faiss_index.merge_shards(
+        trained,
+        [
+            faiss_index.deserialize_index(source.get_bytes(s.object_key))
+            for s in catalog.shards(version.id)
+        ],
+    )
     extractor = load_extractor(settings.extractor_spec, device=settings.device)
     store = LocalObjectStore(folder)
     start = time.perf_counter()
@@ -127,7 +118,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=384, help="longest side of the photos")
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
-    photos = shrunk_photos(args.images, args.side)
+    photos = small_demo_photos(args.images, args.side)
     print(f"{len(photos)} photos, longest side {args.side} px")
     timings: dict[str, list[float]] = {"dagster": [], "direct": []}
     for round_ in range(args.repeat):

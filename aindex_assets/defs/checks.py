@@ -4,6 +4,7 @@ import dagster as dg
 
 from aindex_assets.defs.activation import activated_images
 from aindex_assets.defs.index import index_shard, search_index
+from aindex_assets.defs.partitions import DISTRACTOR_BATCH
 from aindex_assets.defs.reports import robustness_report
 from aindex_assets.defs.resources import StorageResource
 from aindex_assets.defs.shared import require_active_version
@@ -77,7 +78,7 @@ def served_count_matches_catalog(storage: StorageResource) -> dg.AssetCheckResul
     served = catalog.current_served_index(version.id)
     shards = catalog.shards(version.id)
     expected = catalog.count_images(status="indexed") + sum(
-        s.n_vectors for s in shards if s.batch_id == "distractors"
+        s.n_vectors for s in shards if s.batch_id == DISTRACTOR_BATCH
     )
     ntotal = served.ntotal if served else 0
     return dg.AssetCheckResult(

@@ -4,7 +4,6 @@ import dagster as dg
 
 # One partition per ingestion batch (never per image: Dagster advises at most ~100k partitions).
 INGEST_BATCHES = dg.DynamicPartitionsDefinition(name="ingest_batches")
-QUERY_BATCHES = dg.DynamicPartitionsDefinition(name="query_batches")
 
 # Pools keep heavy steps from oversubscribing a machine or a GPU across concurrent runs.
 ACTIVATION_POOL = "aindex_activation"

@@ -112,11 +112,6 @@ def decode_image(
     )
 
 
-def decode_rgb(data: bytes, name: str) -> Image.Image:
-    """Shortcut for `decode_image(data, name).image` with the default limits."""
-    return decode_image(data, name).image
-
-
 def _open_header(data: bytes, name: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))

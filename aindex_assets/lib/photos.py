@@ -9,8 +9,9 @@ name such as "skimage/astronaut.png"; the order is fixed.
 from __future__ import annotations
 
 import importlib.util
+import io
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -97,3 +98,16 @@ def random_crops(images: Sequence[Image.Image], n: int, size: int, seed: int) ->
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         crops.append(crop)
     return crops
+
+
+def small_demo_photos(count: int, side: int, offset: int = 0) -> list[tuple[str, bytes]]:
+    """`count` photos to ingest, shrunk to `side` px and re-encoded as PNG (tests, benchmarks)."""
+    to_ingest, _ = split_demo_photos()
+    shrunk = []
+    for name, data in to_ingest[offset : offset + count]:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        shrunk.append((PurePosixPath(name).stem + ".png", buffer.getvalue()))
+    return shrunk

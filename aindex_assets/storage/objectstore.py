@@ -203,7 +203,42 @@ def _read_chunks(stream: BinaryIO, length: int | None) -> Iterator[bytes]:
         raise ObjectStoreError(f"stream ended {remaining} bytes before the announced length")
 
 
-class LocalObjectStore:
+class _PutsThroughStream:
+    """`put_bytes` and `put_file` of both stores: each is one `put_stream` call."""
+
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        length: int | None = None,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        raise NotImplementedError
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        return self.put_stream(key, io.BytesIO(data), len(data), content_type, metadata)
+
+    def put_file(
+        self,
+        key: str,
+        path: Path | str,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        with open(path, "rb") as stream:
+            return self.put_stream(
+                key, stream, os.fstat(stream.fileno()).st_size, content_type, metadata
+            )
+
+
+class LocalObjectStore(_PutsThroughStream):
     """Objects as files under ``root``; metadata in hidden sidecar files."""
 
     def __init__(self, root: Path | str) -> None:
@@ -230,27 +265,6 @@ class LocalObjectStore:
 
     def _meta_path(self, key: str) -> Path:
         return self.root / META_DIR / f"{validate_key(key)}.json"
-
-    def put_bytes(
-        self,
-        key: str,
-        data: bytes,
-        content_type: str = DEFAULT_CONTENT_TYPE,
-        metadata: Mapping[str, str] | None = None,
-    ) -> ObjectInfo:
-        return self.put_stream(key, io.BytesIO(data), len(data), content_type, metadata)
-
-    def put_file(
-        self,
-        key: str,
-        path: Path | str,
-        content_type: str = DEFAULT_CONTENT_TYPE,
-        metadata: Mapping[str, str] | None = None,
-    ) -> ObjectInfo:
-        with open(path, "rb") as stream:
-            return self.put_stream(
-                key, stream, os.fstat(stream.fileno()).st_size, content_type, metadata
-            )
 
     def put_stream(
         self,
@@ -409,7 +423,7 @@ _CREDENTIAL_CODES = {
 }
 
 
-class S3ObjectStore:
+class S3ObjectStore(_PutsThroughStream):
     """Objects in one bucket of an S3-compatible server, through the MinIO client."""
 
     def __init__(
@@ -500,27 +514,6 @@ class S3ObjectStore:
             f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it "
             "(ObjectStore.ensure_bucket()) or set AINDEX_S3_BUCKET to an existing bucket"
         )
-
-    def put_bytes(
-        self,
-        key: str,
-        data: bytes,
-        content_type: str = DEFAULT_CONTENT_TYPE,
-        metadata: Mapping[str, str] | None = None,
-    ) -> ObjectInfo:
-        return self.put_stream(key, io.BytesIO(data), len(data), content_type, metadata)
-
-    def put_file(
-        self,
-        key: str,
-        path: Path | str,
-        content_type: str = DEFAULT_CONTENT_TYPE,
-        metadata: Mapping[str, str] | None = None,
-    ) -> ObjectInfo:
-        with open(path, "rb") as stream:
-            return self.put_stream(
-                key, stream, os.fstat(stream.fileno()).st_size, content_type, metadata
-            )
 
     def put_stream(
         self,
