@@ -4,7 +4,6 @@ import dataclasses
 from statistics import mean
 
 import dagster as dg
-import faiss
 import numpy as np
 
 from aindex_assets.defs.embeddings import image_embeddings
@@ -14,14 +13,13 @@ from aindex_assets.defs.shared import (
     load_batch_descriptors,
     load_originals,
     load_trained,
+    merge_version_shards,
     require_active_version,
 )
-from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.images import encode_png
-from aindex_assets.storage.catalog import Catalog, ImageRecord, IndexVersionRecord
+from aindex_assets.storage.catalog import Catalog, ImageRecord
 from aindex_assets.storage.keys import activated_key
-from aindex_assets.storage.objectstore import ObjectStore
 
 
 class ActivationConfig(dg.Config):
@@ -47,25 +45,6 @@ def images_to_activate(catalog: Catalog, batch_id: str) -> tuple[list[ImageRecor
     done = {a.image_id for a in catalog.activations(batch_id=batch_id)}
     images = catalog.images_in_batch(batch_id)
     return [i for i in images if i.id not in done], sorted(done)
-
-
-def competitor_database(
-    store: ObjectStore,
-    catalog: Catalog,
-    version: IndexVersionRecord,
-    trained: faiss.Index,
-    batch_id: str,
-) -> faiss.Index:
-    """Every code the batch will compete with: distractors and the other batches' shards.
-
-    Pulling a descriptor onto its own coarse code also pulls it towards neighbours with
-    nearly the same code; the margin term needs them (the batch's own images are added
-    by the engine) to keep the unedited release first.
-    """
-    shards = [s for s in catalog.shards(version.id) if s.batch_id != batch_id]
-    return faiss_index.merge_shards(
-        trained, [faiss_index.deserialize_index(store.get_bytes(s.object_key)) for s in shards]
-    )
 
 
 def psnr_table(records: list[tuple[ImageRecord, float, float]]) -> str:
@@ -110,7 +89,11 @@ def activated_images(
         originals = load_originals(store, todo)
         features = np.stack([descriptors[i.id] for i in todo])
         index = load_trained(store, version)
-        database = competitor_database(store, catalog, version, index, context.partition_key)
+        # The margin term needs the codes the batch competes with: distractors and the other
+        # batches (the engine adds the batch's own images).
+        database, _ = merge_version_shards(
+            store, catalog, version, index, exclude_batch=context.partition_key
+        )
         results = activate(
             originals, model, index, params, original_features=features, database=database
         )

@@ -19,6 +19,7 @@ from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.defs.shared import (
     load_batch_descriptors,
     load_trained,
+    merge_version_shards,
     register_extractor,
     require_active_version,
     version_metadata,
@@ -40,7 +41,6 @@ class IndexConfig(dg.Config):
 
     factory: str = "IVF32,PQ8x8"
     metric: str = "l2"
-    nprobe: int = 1
     retrain: bool = False
 
 
@@ -193,11 +193,7 @@ def index_shard(
 
 def merge_served_index(store: ObjectStore, catalog: Catalog, version: IndexVersionRecord) -> int:
     """Merge every shard of the version into a new served object, then switch the pointer."""
-    shards = catalog.shards(version.id)
-    merged = faiss_index.merge_shards(
-        load_trained(store, version),
-        [faiss_index.deserialize_index(store.get_bytes(s.object_key)) for s in shards],
-    )
+    merged, shards = merge_version_shards(store, catalog, version, load_trained(store, version))
     served_id = catalog.next_served_index_id()
     key = served_index_key(version.id, served_id)
     store.put_bytes(key, faiss_index.serialize_index(merged))

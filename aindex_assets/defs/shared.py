@@ -9,7 +9,12 @@ from aindex_assets.defs.resources import ExtractorResource
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.images import decode_image
 from aindex_assets.storage.arrays import decode_descriptors
-from aindex_assets.storage.catalog import Catalog, ImageRecord, IndexVersionRecord
+from aindex_assets.storage.catalog import (
+    Catalog,
+    ImageRecord,
+    IndexVersionRecord,
+    ShardRecord,
+)
 from aindex_assets.storage.keys import embeddings_key
 from aindex_assets.storage.objectstore import ObjectStore
 
@@ -60,6 +65,21 @@ def load_served(store: ObjectStore, catalog: Catalog, version: IndexVersionRecor
             f"index version {version.id} has no served index: materialize `search_index`"
         )
     return faiss_index.deserialize_index(store.get_bytes(served.object_key))
+
+
+def merge_version_shards(
+    store: ObjectStore,
+    catalog: Catalog,
+    version: IndexVersionRecord,
+    trained: faiss.Index,
+    exclude_batch: str | None = None,
+) -> tuple[faiss.Index, list[ShardRecord]]:
+    """One index holding every recorded shard of the version (but `exclude_batch`'s)."""
+    shards = [s for s in catalog.shards(version.id) if s.batch_id != exclude_batch]
+    merged = faiss_index.merge_shards(
+        trained, [faiss_index.deserialize_index(store.get_bytes(s.object_key)) for s in shards]
+    )
+    return merged, shards
 
 
 def version_metadata(version: IndexVersionRecord) -> dict[str, dg.MetadataValue]:
