@@ -1,4 +1,4 @@
-"""The `aindex` command: demo, ingest, status, export and the UI, on the configured storage."""
+"""The `aindex` command: demo, ingest, status, export, report and the UI on the configured store."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from tqdm import tqdm
 
 from aindex_assets.instance import dagster_home
 from aindex_assets.settings import Settings
-from aindex_assets.storage.catalog import Catalog
+from aindex_assets.storage.catalog import Catalog, ReportRecord
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.objectstore import ObjectStore, open_object_store
 
 
-def collect_files(paths: Sequence[str]) -> list[Path]:
+def collect_files(paths: Sequence[str], command: str = "ingest") -> list[Path]:
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -27,7 +27,7 @@ def collect_files(paths: Sequence[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise SystemExit(f"aindex ingest: {raw}: no such file or folder")
+            raise SystemExit(f"aindex {command}: {raw}: no such file or folder")
     return files
 
 
@@ -134,6 +134,102 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def find_report(catalog: Catalog, ref: str | None) -> ReportRecord:
+    """A robustness report by id (digits only), by batch id (its latest), or the latest one."""
+    if ref is None:
+        reports = catalog.reports(kind="robustness")
+        if not reports:
+            raise SystemExit("aindex report: no robustness report yet (run `aindex demo`)")
+        return reports[-1]
+    if ref.isdigit():
+        report = catalog.report(int(ref))
+        if report is None or report.kind != "robustness":
+            raise SystemExit(f"aindex report: no robustness report with id {ref}")
+        return report
+    if catalog.batch(ref) is None:
+        raise SystemExit(f"aindex report: no batch {ref!r} (see `aindex status`)")
+    reports = catalog.reports(batch_id=ref, kind="robustness")
+    if not reports:
+        raise SystemExit(
+            f"aindex report: batch {ref!r} has no robustness report yet"
+            " (materialize robustness_report for it)"
+        )
+    return reports[-1]
+
+
+def report_document(store: ObjectStore, report: ReportRecord) -> dict:
+    """The stored JSON document (the catalog's copy when the object is missing)."""
+    if report.object_key and store.exists(report.object_key):
+        return json.loads(store.get_bytes(report.object_key))
+    return dict(report.payload)
+
+
+def require_schema_2(payload: dict, what: str) -> None:
+    if payload.get("schema_version", 1) < 2:
+        raise SystemExit(
+            f"aindex report: report {payload.get('report_id', '?')} predates audited reports"
+            f" (schema 1): {what} needs it re-materialized; --json still works"
+        )
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from aindex_assets.lib.report import compare_markdown, report_markdown
+
+    store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
+    if args.compare:
+        if args.report or args.html:
+            raise SystemExit("aindex report: --compare takes no other report and no --html")
+        a, b = (report_document(store, find_report(catalog, ref)) for ref in args.compare)
+        require_schema_2(a, "--compare")
+        require_schema_2(b, "--compare")
+        emit(args, {"a": a, "b": b}, compare_markdown(a, b))
+        return 0
+    record = find_report(catalog, args.report)
+    payload = report_document(store, record)
+    if args.html:
+        require_schema_2(payload, "--html")
+        Path(args.html).write_bytes(store.get_bytes(payload["files"]["html"]))
+        print(f"wrote report {record.id} (batch {record.batch_id}) to {args.html}")
+    elif args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        schema = payload.get("schema_version", 1)
+        print(report_markdown(payload) if schema >= 2 else payload["markdown"])
+    return 0
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    """Judge local image files against the served index (nothing goes to the inbox)."""
+    from aindex_assets.copydetect import (
+        DetectionSetting,
+        ExtractorMismatch,
+        NoServedIndex,
+        query_paths,
+    )
+    from aindex_assets.lib.extractors import load_extractor
+
+    files = collect_files(args.images, command="query")
+    store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
+    extractor = load_extractor(settings.extractor_spec, device=settings.device)
+    setting = DetectionSetting(k=args.k, nprobe=args.nprobe)
+    try:
+        payload, text = query_paths(files, store, catalog, extractor, setting)
+    except (NoServedIndex, ExtractorMismatch) as exc:
+        raise SystemExit(f"aindex query: {exc}") from exc
+    emit(args, payload, text)
+    return 0
+
+
+def add_query_parser(sub: argparse._SubParsersAction) -> None:
+    query = sub.add_parser(
+        "query", help="is an image a copy of an indexed one? (ad hoc, nothing is uploaded)"
+    )
+    query.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    query.add_argument("--k", type=int, default=10, help="results searched per image")
+    query.add_argument("--nprobe", type=int, default=1, help="index lists probed")
+    query.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from aindex_assets.demo import run_demo
 
@@ -167,7 +263,29 @@ def parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=3000)
     for command in (demo, ingest, export, sub.choices["status"]):
         command.add_argument("--json", action="store_true", help="machine-readable output")
+    add_report_parser(sub)
+    add_query_parser(sub)
     return root
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser(
+        "report",
+        help="a robustness report as markdown (default), JSON or a self-contained HTML file",
+    )
+    report.add_argument(
+        "report",
+        nargs="?",
+        metavar="BATCH_OR_ID",
+        help="report id (digits only) or batch id (its latest report); default: the latest",
+    )
+    output = report.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="the stored JSON document")
+    output.add_argument("--markdown", action="store_true", help="markdown (the default)")
+    output.add_argument("--html", metavar="PATH", help="write the HTML report to PATH")
+    report.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), help="two reports side by side (ids or batches)"
+    )
 
 
 COMMANDS = {
@@ -176,6 +294,8 @@ COMMANDS = {
     "status": cmd_status,
     "export": cmd_export,
     "ui": cmd_ui,
+    "report": cmd_report,
+    "query": cmd_query,
 }
 
 

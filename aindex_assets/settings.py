@@ -109,7 +109,7 @@ class Settings:
             "s3_bucket": self.s3_bucket,
             "s3_region": self.s3_region,
             "database_url": redact_url(self.database_url),
-            "extractor_spec": self.extractor_spec,
+            "extractor_spec": redact_extractor_spec(self.extractor_spec),
             "device": self.device,
         }
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
@@ -176,6 +176,12 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def redact_extractor_spec(spec: str) -> str:
+    """An extractor spec safe to log or store: a password in a model URL is replaced."""
+    kind, colon, location = spec.partition(":")
+    return f"{kind}{colon}{redact_url(location)}" if "://" in location else spec
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

@@ -11,6 +11,7 @@ FAST_RUN_CONFIG = {
         "index_distractors": {"config": {"crops": 200, "crop_size": 96}},
         "trained_index": {"config": {"factory": "IVF8,PQ8x4"}},
         "activated_images": {"config": {"iterations": 6}},
+        "robustness_report": {"config": {"max_negatives": 2}},
     }
 }
 

@@ -180,3 +180,18 @@ def test_unedited_release_never_ranks_its_own_code_below_the_original(
     released = extractor.embed_images([Image.fromarray(r.image) for r in results])
     active = own_code_ranks(searched, released, own_ids, params.nprobe)
     assert (active <= passive).all(), (passive, active)
+
+
+def test_sampled_grid_gives_the_extractor_resize_and_keeps_other_pixels(extractor) -> None:
+    """Without antialias only the sampled grid reaches the descriptor: optimizing it is exact."""
+    from aindex_assets.lib.activation import GridCanvas
+
+    generator = torch.Generator().manual_seed(0)
+    sizes = ((1024, 768), (300, 451), (100, 150), (224, 224))
+    images = [torch.rand(3, h, w, generator=generator) for h, w in sizes]
+    canvas = GridCanvas(images, extractor, ActivationParams())
+    expected = torch.cat([extractor.resize(image[None]) for image in images])
+    assert (canvas.resize(canvas.originals) - expected).abs().max() < 1e-4
+    assert canvas.original.shape[-2:] == (448, 448)  # 2 rows/columns per output at most
+    for image, back in zip(images, canvas.full(canvas.originals), strict=True):
+        assert torch.equal(image, back)

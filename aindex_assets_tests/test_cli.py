@@ -50,3 +50,10 @@ def test_status_on_an_empty_catalog(data_dir: Path, capsys: pytest.CaptureFixtur
 def test_export_of_an_unknown_batch_fails_clearly(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no activated images"):
         cli.main(["export", "20260101T000000Z-deadbeef", str(tmp_path / "out")])
+
+
+def test_report_without_any_report_fails_clearly(data_dir: Path) -> None:
+    with pytest.raises(SystemExit, match="no robustness report yet"):
+        cli.main(["report"])
+    with pytest.raises(SystemExit, match="no batch '20260101T000000Z-deadbeef'"):
+        cli.main(["report", "--compare", "20260101T000000Z-deadbeef", "1"])

@@ -143,3 +143,17 @@ def test_input_validation():
         evaluate_robustness(PASSIVE, ACTIVE[:1], IDS, mean_colour, exact_l2, edits=EDITS)
     with pytest.raises(ValueError, match="no images"):
         evaluate_robustness([], [], [], mean_colour, exact_l2, edits=EDITS)
+
+
+def test_pooled_curve_merges_every_edit_and_the_negatives(result):
+    # Passive predictions of both edits and of the negative, by distance (ties worst-first):
+    # 0: neg F, T, T | 0.251: F | 0.4: neg F, T, T | farther: F only. Ground truth: 2 images
+    # x 2 edits = 4 pairs, so muAP = (1/2 + 2/3 + 3/6 + 4/7) / 4.
+    pooled = result.pooled_curve("passive")
+    assert pooled.average_precision() == pytest.approx((1 / 2 + 2 / 3 + 3 / 6 + 4 / 7) / 4)
+    assert len(pooled.precision) == 12 and pooled.recall[-1] == 1.0
+    # Per edit, brightness alone ranks F(0.251), F, T, T at 0.4: (1/3 + 2/4) / 2.
+    assert result.row("brightness_0.5", "passive")["micro_ap"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert result.pooled_curve("active").average_precision() > pooled.average_precision()
+    with pytest.raises(KeyError):
+        result.pooled_curve("nothing")

@@ -42,6 +42,16 @@ if ! pg_answers; then
 fi
 export AINDEX_TEST_POSTGRES_URL="postgresql+psycopg2://postgres@$PG_HOST:$PG_PORT/postgres"
 
+# Headless Chromium renders the HTML report and the Dagster UI in the browser tests; a
+# clean CI machine (root, Debian) gets the package, elsewhere those tests skip without it.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+    echo "Chromium is missing: installing the Debian package for the browser tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+        || echo "could not install chromium: the browser tests will skip or fail" >&2
+fi
+
 status=0
 .venv/bin/python -m pytest aindex_assets_tests "$@" || status=$?
 # pytest exits 5 when nothing was collected: that must not pass as green.

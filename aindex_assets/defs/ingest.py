@@ -9,7 +9,7 @@ from aindex_assets.defs.resources import StorageResource
 from aindex_assets.lib.images import ImageRejected, content_hash, decode_image
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import read_manifest
-from aindex_assets.storage.keys import original_key
+from aindex_assets.storage.keys import InvalidKey, original_key
 from aindex_assets.storage.objectstore import ObjectNotFound, ObjectStore
 
 
@@ -28,8 +28,14 @@ def ingest_object(
     """Validate one inbox object; keep and register it, or record why it was refused."""
     try:
         data = store.get_bytes(source_key)
-    except ObjectNotFound:
-        reason = "removed from the inbox before it could be ingested"
+    except (ObjectNotFound, InvalidKey) as exc:
+        # A key written straight through the S3 API can hold what `aindex ingest` never
+        # produces ('..', backslashes, reserved names): refuse the file, not the batch.
+        reason = (
+            "removed from the inbox before it could be ingested"
+            if isinstance(exc, ObjectNotFound)
+            else f"unsafe object name ({exc.reason}); upload files with `aindex ingest`"
+        )
         catalog.reject_file(batch_id, source_key, reason)
         outcome.rejected.append((source_key, reason))
         return

@@ -6,6 +6,7 @@ from aindex_assets.defs.activation import activated_images
 from aindex_assets.defs.embeddings import image_embeddings, training_embeddings
 from aindex_assets.defs.index import index_distractors, index_shard, search_index, trained_index
 from aindex_assets.defs.ingest import raw_images
+from aindex_assets.defs.queries import copy_detections
 from aindex_assets.defs.reports import robustness_report
 
 BATCH_ASSETS = [
@@ -43,5 +44,14 @@ retrain_index_job = dg.define_asset_job(
     description=(
         "Explicitly trains a new index version and retires the old one. Released images keep "
         "their activation records; backfill `index_shard` to re-index older batches."
+    ),
+)
+
+detect_copies_job = dg.define_asset_job(
+    "detect_copies",
+    selection=dg.AssetSelection.assets(copy_detections),
+    description=(
+        "One batch of suspicious images from the query inbox: copy / not-a-copy verdicts "
+        "against the served index."
     ),
 )

@@ -2,14 +2,16 @@
 
 import dagster as dg
 
-from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
-from aindex_assets.defs.partitions import INGEST_BATCHES
+from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job, detect_copies_job
+from aindex_assets.defs.partitions import INGEST_BATCHES, QUERY_BATCHES
 from aindex_assets.defs.resources import StorageResource
 from aindex_assets.storage.inbox import INBOX_PREFIX, claim_batches
+from aindex_assets.storage.keys import QUERY_INBOX_PREFIX
 
 BATCH_SIZE = 64
 MAX_BATCHES_PER_TICK = 4
 INBOX_CURSOR = "inbox"
+QUERY_CURSOR = "queries"
 
 
 @dg.sensor(
@@ -52,6 +54,55 @@ def inbox_sensor(
         ],
         dynamic_partitions_requests=[
             INGEST_BATCHES.build_add_request([m.batch_id for m in manifests])
+        ],
+        cursor=new_cursor,
+    )
+
+
+@dg.sensor(
+    name="query_sensor",
+    jobs=[detect_copies_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def query_sensor(
+    context: dg.SensorEvaluationContext, storage: StorageResource
+) -> dg.SensorResult | dg.SkipReason:
+    """Groups new objects under `queries/inbox/` into query batches and requests their detection.
+
+    Works like the inbox sensor with its own cursor (`queries`, kept in the catalog):
+    files are claimed in key order after the last key claimed, at most 64 per batch and
+    4 batches per tick, each batch gets a manifest, a partition of `copy_detections` and
+    a run of `detect_copies`. Nothing is claimed while no served index exists, so early
+    queries wait for the first indexed batch instead of failing.
+    """
+    store, catalog = storage.store(), storage.catalog()
+    if catalog.current_served_index() is None:
+        return dg.SkipReason("no served index yet: queries wait for the first indexed batch")
+    cursor = catalog.inbox_cursor(QUERY_CURSOR)
+    manifests, new_cursor = claim_batches(
+        store,
+        kind="query",
+        prefix=QUERY_INBOX_PREFIX,
+        cursor=cursor,
+        batch_size=BATCH_SIZE,
+        max_batches=MAX_BATCHES_PER_TICK,
+    )
+    if not manifests:
+        return dg.SkipReason(
+            f"no new objects under {QUERY_INBOX_PREFIX} after {cursor or 'the start'}"
+        )
+    if not catalog.advance_inbox_cursor(QUERY_CURSOR, expected=cursor, new=new_cursor):
+        return dg.SkipReason("another process claimed these files first")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=m.batch_id, partition_key=m.batch_id, job_name=detect_copies_job.name
+            )
+            for m in manifests
+        ],
+        dynamic_partitions_requests=[
+            QUERY_BATCHES.build_add_request([m.batch_id for m in manifests])
         ],
         cursor=new_cursor,
     )

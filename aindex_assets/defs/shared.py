@@ -8,6 +8,7 @@ from PIL import Image
 from aindex_assets.defs.resources import ExtractorResource
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.images import decode_image
+from aindex_assets.settings import redact_extractor_spec
 from aindex_assets.storage.arrays import decode_descriptors
 from aindex_assets.storage.catalog import (
     Catalog,
@@ -38,7 +39,7 @@ def register_extractor(catalog: Catalog, extractor_resource: ExtractorResource) 
     extractor = extractor_resource.load()
     catalog.upsert_extractor(
         identity=extractor.identity,
-        spec=extractor_resource.spec,
+        spec=redact_extractor_spec(extractor_resource.spec),  # a model URL may hold a token
         dim=extractor.dim,
         input_size=extractor.input_size,
         details={"name": extractor.name},

@@ -56,12 +56,14 @@ class RobustnessResult:
     recall_at_1, recall_at_10 (and recall_at_100 when k >= 100), mrr (mean 1/(rank+1)),
     micro_ap and recall_at_p90 (NaN/absent when not computable).
     `per_query_ranks[(edit, variant)]` are 0-based ranks, -1 when not in the top k.
+    `higher_is_better` says whether the curves' thresholds are similarities or distances.
     """
 
     k: int
     rows: list[dict[str, Any]] = field(default_factory=list)
     per_query_ranks: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     pr_curves: dict[tuple[str, str], PrecisionRecall] = field(default_factory=dict)
+    higher_is_better: bool = False
 
     @property
     def metric_names(self) -> list[str]:
@@ -79,6 +81,35 @@ class RobustnessResult:
         if not rows:
             raise KeyError(f"no rows for variant {variant!r}")
         return {name: float(np.mean([row[name] for row in rows])) for name in self.metric_names}
+
+    def pooled_curve(self, variant: str) -> PrecisionRecall:
+        """One copy-detection curve over the queries of every edit of `variant`.
+
+        The per-edit curves are merged: each prediction keeps its score and whether it was
+        a true pair (recovered exactly from the cumulative hit counts), and the ground
+        truth is one pair per image and edit. Its AP is the micro-AP of all edited copies
+        and negatives together, as if they formed one query set.
+        """
+        scores, labels, total = [], [], 0
+        for (edit, name), curve in self.pr_curves.items():
+            if name != variant:
+                continue
+            hits = np.rint(curve.precision * np.arange(1.0, len(curve.precision) + 1.0))
+            labels.append(np.diff(hits, prepend=0.0) > 0)
+            scores.append(curve.thresholds)
+            total += int(self.row(edit, name)["n"])
+        if total == 0:
+            raise KeyError(f"no curves for variant {variant!r}")
+        truth = np.concatenate(labels) if labels else np.zeros(0, dtype=bool)
+        positions = np.arange(len(truth))
+        return precision_recall_curve(
+            positions,
+            np.zeros(len(truth), dtype=np.int64),
+            np.concatenate(scores) if scores else np.zeros(0),
+            {(int(i), 0) for i in positions[truth]},
+            higher_is_better=self.higher_is_better,
+            n_ground_truth=total,
+        )
 
     @property
     def variants(self) -> list[str]:
@@ -179,7 +210,7 @@ def evaluate_robustness(
         raise ValueError("nothing to evaluate: no images")
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    result = RobustnessResult(k=k)
+    result = RobustnessResult(k=k, higher_is_better=higher_is_better)
     negative_keys = list(range(len(negatives)))
     for edit_name, edit in edits.items():
         negative_hits = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import urllib.parse
@@ -312,6 +313,8 @@ def load_torchvision(
         network.load_state_dict(
             state.get("state_dict", state) if isinstance(state, dict) else state
         )
+    except pickle.UnpicklingError as error:  # weights_only=True refused an arbitrary object
+        raise ExtractorError(f"{weights_path}: refused, not plain tensors ({error})") from error
     except (RuntimeError, KeyError, AttributeError) as error:
         raise ExtractorError(f"{weights_path}: weights do not fit {arch} ({error})") from error
     for head in ("fc", "classifier", "head", "heads"):

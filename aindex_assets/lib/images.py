@@ -18,6 +18,9 @@ a person can act on. Decisions:
   square resize squeezes such a banner into a few rows of pixels.
 - Truncated or corrupt files are rejected: decoding is forced with `load()` and
   `LOAD_TRUNCATED_IMAGES` stays off, so a half-uploaded JPEG is not padded with grey.
+  Whatever a parser raises on malformed bytes (Pillow also raises KeyError, IndexError,
+  struct.error...) becomes a rejection, so one bad file never fails its batch; only
+  MemoryError propagates.
 - Colour: CMYK, grey, palette, 16-bit and alpha images become 8-bit RGB; transparent
   pixels are composited over white (how a viewer shows them on a page). Embedded ICC
   profiles are not applied: pixels are taken as sRGB.
@@ -100,13 +103,22 @@ def decode_image(
     _check_header(img, name, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+    except MemoryError:
+        raise
+    except Exception as error:  # Pillow's parsers raise KeyError, IndexError, struct.error...
         raise ImageRejected(name, f"truncated or corrupt {img.format} data ({error})") from error
     try:
         oriented = ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
     except Exception as error:  # a malformed EXIF block must not crash ingestion
         raise ImageRejected(name, f"unreadable EXIF orientation ({error})") from error
-    rgb = _to_rgb(oriented, name)
+    try:
+        rgb = _to_rgb(oriented, name)
+    except (ImageRejected, MemoryError):
+        raise
+    except Exception as error:
+        raise ImageRejected(name, f"corrupt {img.format} data ({error})") from error
     return DecodedImage(
         image=rgb, format=str(img.format), width=rgb.width, height=rgb.height, mode=img.mode
     )
@@ -119,8 +131,10 @@ def _open_header(data: bytes, name: str) -> Image.Image:
         raise ImageRejected(name, f"decompression bomb ({error})") from error
     except UnidentifiedImageError as error:
         raise ImageRejected(name, _describe_unknown(data)) from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageRejected(name, f"unreadable image header ({error})") from error
+    except MemoryError:
+        raise
+    except Exception as error:  # any parser failure is the file's fault, not the batch's
+        raise ImageRejected(name, f"unreadable image header ({error!r})") from error
 
 
 def _describe_unknown(data: bytes) -> str:
@@ -162,7 +176,9 @@ def _check_header(
         )
     try:
         frames = getattr(img, "n_frames", 1)
-    except (OSError, EOFError, SyntaxError, ValueError) as error:
+    except MemoryError:
+        raise
+    except Exception as error:  # e.g. KeyError from a TIFF page without its size tags
         raise ImageRejected(name, f"corrupt {img.format} frame table ({error})") from error
     if frames > 1:
         what = "multi-page TIFF" if img.format == "TIFF" else "animated image"

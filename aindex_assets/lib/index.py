@@ -73,7 +73,9 @@ def training_requirements(index: faiss.Index) -> tuple[int, int, list[str]]:
     chain, base = split_transforms(index)
     for transform in chain:
         if isinstance(transform, faiss.OPQMatrix):
-            needs.append((256, 256, "OPQ trains a 256-centroid quantizer per sub-vector"))
+            # Below d_out vectors faiss's OPQ training corrupts memory (crashes the process).
+            n = max(256, transform.d_out)
+            needs.append((n, n, f"OPQ to {transform.d_out} dimensions, 256 centroids per part"))
         elif isinstance(transform, faiss.PCAMatrix):
             needs.append((transform.d_out, transform.d_out, f"PCA to {transform.d_out} dimensions"))
     ivf = ivf_of(base)

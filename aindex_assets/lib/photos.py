@@ -111,3 +111,27 @@ def small_demo_photos(count: int, side: int, offset: int = 0) -> list[tuple[str,
         image.save(buffer, format="PNG")
         shrunk.append((PurePosixPath(name).stem + ".png", buffer.getvalue()))
     return shrunk
+
+
+# Photographs (greyscale) that ship with scikit-image and that nothing else here uses: the
+# demo, the tests and the benchmarks ingest `demo_photos()`, and training descriptors and
+# distractors are cut from its held-out part, so none of these is indexed or near a
+# distractor. motorcycle_right.png is left out: it is nearly motorcycle_left.png.
+NEGATIVE_PHOTOS: tuple[str, ...] = (
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "clock_motion.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "moon.png",
+    "page.png",
+    "text.png",
+)
+
+
+def negative_photos() -> list[tuple[str, bytes]]:
+    """(name, file bytes) of packaged photos never ingested: non-matching queries, fixed order."""
+    skimage_data = _package_dir("skimage") / "data"
+    return [(f"skimage/{name}", (skimage_data / name).read_bytes()) for name in NEGATIVE_PHOTOS]

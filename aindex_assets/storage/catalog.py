@@ -237,6 +237,34 @@ class CopyDetection(Base):
     threshold: Mapped[float]
     index_version: Mapped[int | None] = mapped_column(sa.ForeignKey("index_versions.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Added by migration 0002: the top-k results, a rejected file's reason, the calibration.
+    rank: Mapped[int | None]
+    matches: Mapped[list[Any] | None]
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    threshold_id: Mapped[int | None] = mapped_column(sa.ForeignKey("copy_thresholds.id"))
+
+
+class CopyThreshold(Base):
+    """A copy / not-a-copy threshold calibrated for one served index and search setting."""
+
+    __tablename__ = "copy_thresholds"
+    __table_args__ = (sa.Index("ix_copy_thresholds_served", "served_index_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    index_version: Mapped[int] = mapped_column(sa.ForeignKey("index_versions.id"))
+    served_index_id: Mapped[int] = mapped_column(sa.ForeignKey("served_indexes.id"))
+    metric: Mapped[str] = mapped_column(sa.String(16))
+    k: Mapped[int]
+    nprobe: Mapped[int]
+    target_precision: Mapped[float]
+    threshold: Mapped[float]
+    reached: Mapped[bool]
+    precision: Mapped[float | None]
+    recall: Mapped[float | None]
+    n_matching: Mapped[int]
+    n_non_matching: Mapped[int]
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Cursor(Base):
@@ -393,6 +421,29 @@ class CopyDetectionRecord:
     is_copy: bool
     threshold: float
     index_version: int | None
+    created_at: datetime
+    rank: int | None
+    matches: list[Any] | None
+    reason: str | None
+    threshold_id: int | None
+
+
+@dataclass(frozen=True)
+class CopyThresholdRecord:
+    id: int
+    index_version: int
+    served_index_id: int
+    metric: str
+    k: int
+    nprobe: int
+    target_precision: float
+    threshold: float
+    reached: bool
+    precision: float | None
+    recall: float | None
+    n_matching: int
+    n_non_matching: int
+    details: dict[str, Any]
     created_at: datetime
 
 
@@ -1072,6 +1123,98 @@ class Catalog:
         with self._read() as session:
             return [_record(CopyDetectionRecord, row) for row in session.scalars(query)]
 
+    def replace_copy_detections(
+        self, batch_id: str, detections: Sequence[Mapping[str, Any]]
+    ) -> int:
+        """Replace every verdict of a query batch in one transaction (a re-run never duplicates).
+
+        Each mapping holds ``query_key``, ``is_copy`` and ``threshold`` and optionally
+        ``query_hash``, ``image_id``, ``score``, ``rank``, ``matches``, ``reason``,
+        ``index_version`` and ``threshold_id``.
+        """
+        optional = ("query_hash", "image_id", "score", "rank", "matches", "reason")
+        optional += ("index_version", "threshold_id")
+        now = utcnow()
+        rows = [
+            CopyDetection(
+                batch_id=batch_id,
+                query_key=d["query_key"],
+                is_copy=bool(d["is_copy"]),
+                threshold=float(d["threshold"]),
+                created_at=now,
+                **{name: d.get(name) for name in optional},
+            )
+            for d in detections
+        ]
+        with self._write() as session:
+            session.execute(sa.delete(CopyDetection).where(CopyDetection.batch_id == batch_id))
+            session.add_all(rows)
+        return len(rows)
+
+    # -- copy thresholds --------------------------------------------------------------
+
+    def record_copy_threshold(
+        self,
+        index_version: int,
+        served_index_id: int,
+        metric: str,
+        k: int,
+        nprobe: int,
+        target_precision: float,
+        threshold: float,
+        reached: bool,
+        precision: float | None,
+        recall: float | None,
+        n_matching: int,
+        n_non_matching: int,
+        details: Mapping[str, Any] | None = None,
+    ) -> CopyThresholdRecord:
+        """Record a calibration; the latest one for a served index and setting is the one used."""
+        row = CopyThreshold(
+            index_version=int(index_version),
+            served_index_id=int(served_index_id),
+            metric=metric,
+            k=int(k),
+            nprobe=int(nprobe),
+            target_precision=float(target_precision),
+            threshold=float(threshold),
+            reached=bool(reached),
+            precision=None if precision is None else float(precision),
+            recall=None if recall is None else float(recall),
+            n_matching=int(n_matching),
+            n_non_matching=int(n_non_matching),
+            details=dict(details or {}),
+            created_at=utcnow(),
+        )
+        with self._write() as session:
+            session.add(row)
+            session.flush()
+            return _record(CopyThresholdRecord, row)
+
+    def copy_threshold(
+        self, served_index_id: int, k: int, nprobe: int, target_precision: float
+    ) -> CopyThresholdRecord | None:
+        """The latest calibration for this served index and search setting, if any."""
+        query = (
+            sa.select(CopyThreshold)
+            .where(
+                CopyThreshold.served_index_id == served_index_id,
+                CopyThreshold.k == k,
+                CopyThreshold.nprobe == nprobe,
+                CopyThreshold.target_precision == target_precision,
+            )
+            .order_by(CopyThreshold.id.desc())
+            .limit(1)
+        )
+        with self._read() as session:
+            row = session.scalar(query)
+            return _record(CopyThresholdRecord, row) if row else None
+
+    def copy_thresholds(self) -> list[CopyThresholdRecord]:
+        with self._read() as session:
+            rows = session.scalars(sa.select(CopyThreshold).order_by(CopyThreshold.id))
+            return [_record(CopyThresholdRecord, row) for row in rows]
+
     # -- cursors ----------------------------------------------------------------------
 
     def inbox_cursor(self, name: str) -> str | None:
@@ -1101,6 +1244,7 @@ __all__ = [
     "BatchRecord",
     "Catalog",
     "CopyDetectionRecord",
+    "CopyThresholdRecord",
     "ExtractorRecord",
     "ImageRecord",
     "IndexVersionRecord",

@@ -19,6 +19,12 @@ RESERVED_PREFIX = ".aindex"
 INBOX_PREFIX = "inbox/"
 QUERY_INBOX_PREFIX = "queries/inbox/"
 TRAINING_IMAGES_PREFIX = "training/images/"
+# Photos that are never ingested: the non-matching queries of robustness reports.
+NEGATIVES_PREFIX = "negatives/"
+
+# The distractor shard's batch id; distractors' FAISS ids live far above any catalog image id.
+DISTRACTOR_BATCH = "distractors"
+DISTRACTOR_ID_BASE = 1 << 62
 
 _HEX = re.compile(r"^[0-9a-f]{16,128}$")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -161,3 +167,9 @@ def report_key(batch_id: str, kind: str, report_id: int, ext: str = "json") -> s
 def report_asset_key(report_id: int, name: str) -> str:
     """A file attached to a report (a plot, a table): ``reports/assets/<id>/<safe name>``."""
     return f"reports/assets/{int(report_id):08d}/{safe_name(name)}"
+
+
+def copy_detections_key(batch_id: str, threshold_id: int) -> str:
+    """``queries/results/<batch>/t<threshold id>.json``: a query batch's verdicts under one
+    calibrated threshold (the same batch and threshold always give the same verdicts)."""
+    return f"queries/results/{check_batch_id(batch_id)}/t{int(threshold_id):08d}.json"

@@ -1,0 +1,301 @@
+"""The robustness report document: quality statistics, audit trail, summaries and tables.
+
+A report is one JSON document (schema in `report_schema.json`, version `SCHEMA_VERSION`)
+built from a `RobustnessResult`, the activation records of the evaluated images and
+facts about what produced it (extractor, index version, package version, git commit).
+This module only shapes data; `report_figures` draws it and `report_html` lays it out.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aindex_assets.lib.edits import PAPER_EDITS, Edit, sweep_edits
+from aindex_assets.lib.evaluation import RobustnessResult
+from aindex_assets.lib.metrics import PrecisionRecall
+
+SCHEMA_VERSION = 2
+PACKAGE = "aindex_assets"
+GIT_COMMIT_ENV = "AINDEX_GIT_COMMIT"
+EDIT_SETS = ("paper", "sweep", "full_sweep")
+QUALITY_METRICS = ("psnr", "ssim", "linf")
+CURVE_POINTS = 101
+
+
+def edits_for(edit_set: str, names: Sequence[str] | None = None) -> dict[str, Edit]:
+    """The paper's edits, or them followed by the quick (`sweep`) or dense parameter sweep.
+
+    `names` keeps only those edits of the set (in the set's order); None keeps them all.
+    """
+    if edit_set not in EDIT_SETS:
+        raise ValueError(f"unknown edit set {edit_set!r}: use one of {EDIT_SETS}")
+    edits = dict(PAPER_EDITS)
+    if edit_set != "paper":
+        for sweep in sweep_edits(full=edit_set == "full_sweep").values():
+            edits |= {edit.name: edit for edit in sweep if edit.name not in edits}
+    if names is None:
+        return edits
+    unknown = sorted(set(names) - set(edits))
+    if unknown or not names:
+        raise ValueError(f"unknown edits {unknown} in edit set {edit_set!r}: known {list(edits)}")
+    return {name: edit for name, edit in edits.items() if name in names}
+
+
+def summary_stats(values: Iterable[float]) -> dict[str, float | int | None]:
+    """n, mean, min, max and the 5th/50th/95th percentiles of the finite values."""
+    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return {"n": 0} | dict.fromkeys(("mean", "min", "max", "p5", "p50", "p95"))
+    p5, p50, p95 = np.percentile(finite, [5, 50, 95])
+    return {
+        "n": int(finite.size),
+        "mean": float(finite.mean()),
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "p5": float(p5),
+        "p50": float(p50),
+        "p95": float(p95),
+    }
+
+
+def quality_section(per_image: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Statistics of PSNR (dB), SSIM and L-infinity (0-255) plus the per-image values.
+
+    `per_image` holds one mapping per released image: image_id, psnr, ssim, linf. An
+    infinite PSNR (an image released unchanged) is kept out of the statistics and
+    recorded as null, since JSON has no infinity.
+    """
+    stats = {name: summary_stats(float(q[name]) for q in per_image) for name in QUALITY_METRICS}
+    rows = [
+        {"image_id": int(q["image_id"])}
+        | {name: _finite_or_none(q[name]) for name in QUALITY_METRICS}
+        for q in per_image
+    ]
+    return stats | {"per_image": rows}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def curve_points(curve: PrecisionRecall, max_points: int = CURVE_POINTS) -> dict[str, list]:
+    """At most `max_points` evenly spaced points of a curve (the last one always kept)."""
+    n = len(curve.precision)
+    if n == 0:
+        return {"precision": [], "recall": []}
+    keep = np.unique(np.linspace(0, n - 1, min(n, max_points)).round().astype(int))
+    return {
+        "precision": [round(float(v), 6) for v in curve.precision[keep]],
+        "recall": [round(float(v), 6) for v in curve.recall[keep]],
+    }
+
+
+def copy_detection_section(result: RobustnessResult) -> dict[str, Any]:
+    """Pooled copy detection per variant: micro-AP, recall at precision 0.9, the curve."""
+    section = {}
+    for variant in result.variants:
+        curve = result.pooled_curve(variant)
+        section[variant] = {
+            "micro_ap": _finite_or_none(curve.average_precision()),
+            "recall_at_p90": float(curve.recall_at_precision(0.9)),
+            "predictions": len(curve.precision),
+            "curve": curve_points(curve),
+        }
+    return section
+
+
+def package_version() -> str | None:
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The commit of the running code: `AINDEX_GIT_COMMIT`, else the checkout's HEAD, else None.
+
+    The variable is for images built without `.git`; a source checkout answers itself.
+    """
+    if environ.get(GIT_COMMIT_ENV):
+        return environ[GIT_COMMIT_ENV].strip()
+    here = Path(__file__).resolve().parent
+    try:
+        completed = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = completed.stdout.strip()
+    return commit if completed.returncode == 0 and commit else None
+
+
+def distinct(mappings: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct mappings, in first-seen order (activation parameters of a batch)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for mapping in mappings:
+        seen.setdefault(json.dumps(mapping, sort_keys=True, default=str), dict(mapping))
+    return list(seen.values())
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def build_payload(
+    result: RobustnessResult,
+    audit: Mapping[str, Any],
+    quality: Mapping[str, Any],
+    edits: Mapping[str, Edit],
+) -> dict[str, Any]:
+    """The report document (schema `SCHEMA_VERSION`) from a result and its audit trail.
+
+    `audit` must hold report_id, batch_id, created_at, extractor, index, activation,
+    evaluation, negatives and image_ids (see `report_schema.json`); package and git
+    commit are added here. Index version, factory, extractor identity, image ids, seed,
+    k and nprobe are repeated at the top level, where readers of schema 1 find them.
+    """
+    trail = dict(audit) | {
+        "package": {"name": PACKAGE, "version": package_version()},
+        "git_commit": git_commit(),
+    }
+    evaluation = trail["evaluation"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "robustness",
+        "report_id": trail["report_id"],
+        "batch_id": trail["batch_id"],
+        "created_at": trail["created_at"],
+        "index_version": trail["index"]["version"],
+        "factory": trail["index"]["factory"],
+        "extractor": trail["extractor"]["identity"],
+        "image_ids": list(trail["image_ids"]),
+        "seed": evaluation["seed"],
+        "k": evaluation["k"],
+        "nprobe": evaluation["nprobe"],
+        "edits": [edit.to_dict() for edit in edits.values()],
+        "audit": trail,
+        "result": result.to_dict(),
+        "copy_detection": copy_detection_section(result),
+        "quality": dict(quality),
+        "markdown": result.to_markdown(),
+    }
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema of the report document, shipped with the package."""
+    text = resources.files("aindex_assets.lib").joinpath("report_schema.json").read_text()
+    return json.loads(text)
+
+
+# ------------------------------------------------------------------------- text views
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def quality_markdown(quality: Mapping[str, Any]) -> str:
+    """Table of the quality statistics: one line per metric."""
+    header = "| metric | n | mean | min | p5 | p50 | p95 | max |\n|---|---|---|---|---|---|---|---|"
+    lines = [header]
+    for name, label, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("linf", "L∞", 1)):
+        s = quality[name]
+        cells = [_num(s[key], digits) for key in ("mean", "min", "p5", "p50", "p95", "max")]
+        lines.append(f"| {label} | {s['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def audit_lines(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) pairs of the audit trail, for text and HTML views."""
+    audit = payload["audit"]
+    index, evaluation, negatives = audit["index"], audit["evaluation"], audit["negatives"]
+    params = audit["activation"]["params"]
+    return [
+        ("report", f"{payload['report_id']} (batch {payload['batch_id']})"),
+        ("created", payload["created_at"]),
+        ("package", f"{audit['package']['name']} {audit['package']['version'] or 'unknown'}"),
+        ("git commit", audit["git_commit"] or "unknown"),
+        ("extractor", f"{audit['extractor']['identity']} ({audit['extractor'].get('spec')})"),
+        ("index", f"version {index['version']}, {index['factory']}"),
+        (
+            "search",
+            f"k={evaluation['k']}, nprobe={evaluation['nprobe']}, edit seed {evaluation['seed']},"
+            f" edits: {evaluation['edit_set']}",
+        ),
+        ("activation parameters", json.dumps(params, sort_keys=True)),
+        ("images", ", ".join(str(i) for i in audit["image_ids"])),
+        (
+            "non-matching queries",
+            f"{len(negatives['items'])} from {negatives['source']}"
+            + (f" ({negatives['prefix']})" if negatives["source"] == "store" else ""),
+        ),
+    ]
+
+
+def report_markdown(payload: Mapping[str, Any]) -> str:
+    """The whole report as markdown: audit trail, recall table, copy detection, quality."""
+    lines = [f"# Robustness report {payload['report_id']} — batch {payload['batch_id']}", ""]
+    lines += [f"- **{label}**: {value}" for label, value in audit_lines(payload)]
+    lines += ["", "## Recall of edited copies, passive vs active", "", payload["markdown"], ""]
+    lines += ["## Copy detection (all edits pooled)", "", "| variant | μAP | recall @ P90 |"]
+    lines.append("|---|---|---|")
+    for variant, cd in payload["copy_detection"].items():
+        lines.append(f"| {variant} | {_num(cd['micro_ap'])} | {_num(cd['recall_at_p90'])} |")
+    lines += [
+        "",
+        "## Image quality of the released images",
+        "",
+        quality_markdown(payload["quality"]),
+    ]
+    return "\n".join(lines)
+
+
+def compare_markdown(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """Two reports side by side: R@1 per edit and variant, the pooled μAP, the audit diff."""
+    title = f"# Report {a['report_id']} ({a['batch_id']}) vs {b['report_id']} ({b['batch_id']})"
+    lines = [title, "", "| | A | B |", "|---|---|---|"]
+    for (label, left), (_, right) in zip(audit_lines(a), audit_lines(b), strict=True):
+        marker = "" if left == right else " ≠"
+        lines.append(f"| {label}{marker} | {_cell(left)} | {_cell(right)} |")
+    lines += ["", "| edit | A passive R@1 | A active R@1 | B passive R@1 | B active R@1 |"]
+    lines.append("|---|---|---|---|---|")
+    rows_a, rows_b = _recall_by_edit(a), _recall_by_edit(b)
+    for edit in dict.fromkeys([*rows_a, *rows_b]):
+        cells = [
+            _num(r.get(edit, {}).get(v)) for r in (rows_a, rows_b) for v in ("passive", "active")
+        ]
+        lines.append(f"| {edit} | " + " | ".join(cells) + " |")
+    cells = [
+        _num(p["copy_detection"].get(v, {}).get("micro_ap"))
+        for p in (a, b)
+        for v in ("passive", "active")
+    ]
+    lines.append("| **pooled μAP** | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(text: str, width: int = 60) -> str:
+    text = text.replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _recall_by_edit(payload: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    for row in payload["result"]["rows"]:
+        table.setdefault(row["edit"], {})[row["variant"]] = row["recall_at_1"]
+    return table
