@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -107,7 +108,9 @@ def devtools_page(size: tuple[int, int] = (1280, 1600)) -> Iterator[DevToolsPage
     from websockets.sync.client import connect
 
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="aindex-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile as the browser exits.
+    profile_dir = tempfile.TemporaryDirectory(prefix="aindex-chromium-", ignore_cleanup_errors=True)
+    with profile_dir as profile:
         command = [
             chromium(),
             "--headless",
@@ -121,7 +124,9 @@ def devtools_page(size: tuple[int, int] = (1280, 1600)) -> Iterator[DevToolsPage
             f"--remote-debugging-port={port}",
             "about:blank",
         ]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             wait_for_http(f"http://127.0.0.1:{port}/json/version", process, timeout=30)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as answer:
@@ -132,3 +137,5 @@ def devtools_page(size: tuple[int, int] = (1280, 1600)) -> Iterator[DevToolsPage
         finally:
             process.terminate()
             process.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # helpers left behind by the browser

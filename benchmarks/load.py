@@ -15,14 +15,11 @@ prints throughput and peak memory (max RSS of this process: Dagster, torch, FAIS
 """
 
 import argparse
-import io
 import os
 import resource
 import shutil
-import struct
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import dagster as dg
@@ -42,6 +39,7 @@ from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.devservers import SeaweedServer, scratch_database
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.objectstore import open_object_store
+from aindex_assets_tests.hostile_files import encoded, png_claiming_size
 
 BOOTSTRAP_CONFIG = {
     "ops": {
@@ -55,19 +53,6 @@ LOAD_JOB = dg.define_asset_job(
 )
 
 
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    data = bytearray(encode(Image.new("L", (20, 20)), "PNG"))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 def hostile_file(i: int, rng: np.random.Generator) -> tuple[str, bytes]:
     """One of nine kinds of unusable file; `i` makes its bytes unique."""
     kind = i % 9
@@ -75,14 +60,14 @@ def hostile_file(i: int, rng: np.random.Generator) -> tuple[str, bytes]:
     frames = [Image.new("RGB", (32, 32), (i % 256, v, 0)) for v in (0, 255)]
     files = {
         0: ("empty.jpg", b""),
-        1: ("cut.jpg", encode(noise, "JPEG")[:700]),
-        2: ("page.png", f"<!DOCTYPE html><html>{i}</html>".encode()),
+        1: ("cut.jpg", encoded(noise, "JPEG")[:700]),
+        2: ("page.png", f"<!DOCTYPE html><html>{i}</html>".encoded()),
         3: ("random.jpg", rng.bytes(2048)),
-        4: ("vector.svg", f"<svg xmlns='http://www.w3.org/2000/svg' id='{i}'/>".encode()),
-        5: ("bomb.png", png_claiming(100_000 + i, 100_000)),
-        6: ("anim.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:])),
-        7: ("tiny.png", encode(Image.new("RGB", (1, 1), (i % 256, 0, 0)), "PNG")),
-        8: ("banner.png", encode(Image.new("RGB", (10_000, 10), (i % 256, 0, 0)), "PNG")),
+        4: ("vector.svg", f"<svg xmlns='http://www.w3.org/2000/svg' id='{i}'/>".encoded()),
+        5: ("bomb.png", png_claiming_size(100_000 + i, 100_000)),
+        6: ("anim.gif", encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])),
+        7: ("tiny.png", encoded(Image.new("RGB", (1, 1), (i % 256, 0, 0)), "PNG")),
+        8: ("banner.png", encoded(Image.new("RGB", (10_000, 10), (i % 256, 0, 0)), "PNG")),
     }
     name, data = files[kind]
     return f"hostile {i:04d} {name}", data
@@ -97,8 +82,8 @@ def crop_file(i: int, photos: list[Image.Image], rng: np.random.Generator) -> tu
     top = int(rng.integers(0, photo.height - span + 1))
     crop = photo.crop((left, top, left + span, top + span)).resize((side, side))
     if i % 2:
-        return f"crop {i:04d}.jpg", encode(crop, "JPEG", quality=90)
-    return f"crop {i:04d}.png", encode(crop, "PNG")
+        return f"crop {i:04d}.jpg", encoded(crop, "JPEG", quality=90)
+    return f"crop {i:04d}.png", encoded(crop, "PNG")
 
 
 def make_inputs(n_files: int, hostile_share: float, seed: int) -> list[tuple[str, bytes]]:

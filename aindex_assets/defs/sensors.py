@@ -14,6 +14,45 @@ INBOX_CURSOR = "inbox"
 QUERY_CURSOR = "queries"
 
 
+def claim_and_request(
+    storage: StorageResource,
+    *,
+    kind: str,
+    prefix: str,
+    cursor_name: str,
+    job_name: str,
+    partitions: dg.DynamicPartitionsDefinition,
+    max_batches: int,
+) -> dg.SensorResult | dg.SkipReason:
+    """Claim new objects under `prefix` into batches; one partition and one run per batch.
+
+    The cursor lives in the catalog and moves by compare-and-set, so two claimers (the
+    sensor and `aindex`, or two daemons) never claim one file twice.
+    """
+    store, catalog = storage.store(), storage.catalog()
+    cursor = catalog.inbox_cursor(cursor_name)
+    manifests, new_cursor = claim_batches(
+        store,
+        kind=kind,
+        prefix=prefix,
+        cursor=cursor,
+        batch_size=BATCH_SIZE,
+        max_batches=max_batches,
+    )
+    if not manifests:
+        return dg.SkipReason(f"no new objects under {prefix} after {cursor or 'the start'}")
+    if not catalog.advance_inbox_cursor(cursor_name, expected=cursor, new=new_cursor):
+        return dg.SkipReason("another process claimed these files first")
+    batch_ids = [m.batch_id for m in manifests]
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=b, partition_key=b, job_name=job_name) for b in batch_ids
+        ],
+        dynamic_partitions_requests=[partitions.build_add_request(batch_ids)],
+        cursor=new_cursor,
+    )
+
+
 @dg.sensor(
     name="inbox_sensor",
     jobs=[activate_batch_job, bootstrap_job],
@@ -31,31 +70,15 @@ def inbox_sensor(
     registers its partition and requests its run. Until an index exists, one batch per
     tick runs with the index bootstrap (training descriptors, trained index, distractors).
     """
-    store, catalog = storage.store(), storage.catalog()
-    needs_bootstrap = catalog.active_index_version() is None
-    cursor = catalog.inbox_cursor(INBOX_CURSOR)
-    manifests, new_cursor = claim_batches(
-        store,
+    needs_bootstrap = storage.catalog().active_index_version() is None
+    return claim_and_request(
+        storage,
         kind="ingest",
         prefix=INBOX_PREFIX,
-        cursor=cursor,
-        batch_size=BATCH_SIZE,
+        cursor_name=INBOX_CURSOR,
+        job_name=(bootstrap_job if needs_bootstrap else activate_batch_job).name,
+        partitions=INGEST_BATCHES,
         max_batches=1 if needs_bootstrap else MAX_BATCHES_PER_TICK,
-    )
-    if not manifests:
-        return dg.SkipReason(f"no new objects under {INBOX_PREFIX} after {cursor or 'the start'}")
-    if not catalog.advance_inbox_cursor(INBOX_CURSOR, expected=cursor, new=new_cursor):
-        return dg.SkipReason("another process claimed these files first")
-    job = bootstrap_job if needs_bootstrap else activate_batch_job
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(run_key=m.batch_id, partition_key=m.batch_id, job_name=job.name)
-            for m in manifests
-        ],
-        dynamic_partitions_requests=[
-            INGEST_BATCHES.build_add_request([m.batch_id for m in manifests])
-        ],
-        cursor=new_cursor,
     )
 
 
@@ -76,33 +99,14 @@ def query_sensor(
     a run of `detect_copies`. Nothing is claimed while no served index exists, so early
     queries wait for the first indexed batch instead of failing.
     """
-    store, catalog = storage.store(), storage.catalog()
-    if catalog.current_served_index() is None:
+    if storage.catalog().current_served_index() is None:
         return dg.SkipReason("no served index yet: queries wait for the first indexed batch")
-    cursor = catalog.inbox_cursor(QUERY_CURSOR)
-    manifests, new_cursor = claim_batches(
-        store,
+    return claim_and_request(
+        storage,
         kind="query",
         prefix=QUERY_INBOX_PREFIX,
-        cursor=cursor,
-        batch_size=BATCH_SIZE,
+        cursor_name=QUERY_CURSOR,
+        job_name=detect_copies_job.name,
+        partitions=QUERY_BATCHES,
         max_batches=MAX_BATCHES_PER_TICK,
-    )
-    if not manifests:
-        return dg.SkipReason(
-            f"no new objects under {QUERY_INBOX_PREFIX} after {cursor or 'the start'}"
-        )
-    if not catalog.advance_inbox_cursor(QUERY_CURSOR, expected=cursor, new=new_cursor):
-        return dg.SkipReason("another process claimed these files first")
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=m.batch_id, partition_key=m.batch_id, job_name=detect_copies_job.name
-            )
-            for m in manifests
-        ],
-        dynamic_partitions_requests=[
-            QUERY_BATCHES.build_add_request([m.batch_id for m in manifests])
-        ],
-        cursor=new_cursor,
     )
