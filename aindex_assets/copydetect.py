@@ -27,7 +27,6 @@ Calibration queries, all deterministic:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +47,7 @@ from aindex_assets.lib.copydetection import (
 from aindex_assets.lib.edits import PAPER_EDITS, Edit
 from aindex_assets.lib.extractors import Extractor
 from aindex_assets.lib.images import ImageRejected, content_hash, decode_image
-from aindex_assets.lib.photos import split_demo_photos
+from aindex_assets.lib.photos import shrunk_photo, split_demo_photos
 from aindex_assets.storage.arrays import decode_descriptors
 from aindex_assets.storage.catalog import (
     Catalog,
@@ -389,7 +388,7 @@ def packaged_negatives(
     ]
     chosen: list[Image.Image] = []
     for start in range(0, len(candidates), 8):
-        chunk = [shrunk(data) for _, data in candidates[start : start + 8]]
+        chunk = [shrunk_photo(data, NEGATIVE_MAX_SIDE) for _, data in candidates[start : start + 8]]
         vectors = extractor.embed_images(chunk)
         near = (vectors @ indexed.T).max(axis=1) if len(indexed) else np.zeros(len(chunk))
         chosen += [
@@ -398,12 +397,6 @@ def packaged_negatives(
         if len(chosen) >= limit:
             break
     return chosen[:limit]
-
-
-def shrunk(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    image.thumbnail((NEGATIVE_MAX_SIDE, NEGATIVE_MAX_SIDE))
-    return image
 
 
 def indexed_descriptors(

@@ -11,7 +11,6 @@ batch for it and evaluates passive vs active recall@1 per edit, in one run.
 from __future__ import annotations
 
 import argparse
-import io
 import time
 
 import numpy as np
@@ -22,12 +21,6 @@ from aindex_assets.lib.activation import ActivationParams
 from aindex_assets.lib.comparison import EvaluationSettings, compare_indexes, default_factories
 from aindex_assets.lib.edits import edits_by_name
 from aindex_assets.lib.extractors import load_extractor
-
-
-def decode(data: bytes, max_side: int) -> Image.Image:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return image
 
 
 def main() -> None:
@@ -48,8 +41,9 @@ def main() -> None:
     start = time.perf_counter()
     extractor = load_extractor("efficientnet_lite0", device=args.device)
     to_ingest, held_out = photos.split_demo_photos()
-    batch = [decode(data, args.max_side) for _, data in to_ingest[: args.images]]
-    sources = [decode(data, 1024) for _, data in held_out]
+    lanczos = Image.Resampling.LANCZOS
+    batch = [photos.shrunk_photo(d, args.max_side, lanczos) for _, d in to_ingest[: args.images]]
+    sources = [photos.shrunk_photo(d, 1024, lanczos) for _, d in held_out]
     crops = photos.random_crops(sources, args.train + args.distractors, args.crop_size, seed=0)
     vectors = extractor.embed_images(crops, batch_size=64)
     features = extractor.embed_images(batch)

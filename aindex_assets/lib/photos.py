@@ -100,15 +100,22 @@ def random_crops(images: Sequence[Image.Image], n: int, size: int, seed: int) ->
     return crops
 
 
+def shrunk_photo(
+    data: bytes, max_side: int, resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> Image.Image:
+    """A packaged photo decoded to RGB, its longest side at most `max_side` (aspect kept)."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image.thumbnail((max_side, max_side), resample)
+    return image
+
+
 def small_demo_photos(count: int, side: int, offset: int = 0) -> list[tuple[str, bytes]]:
     """`count` photos to ingest, shrunk to `side` px and re-encoded as PNG (tests, benchmarks)."""
     to_ingest, _ = split_demo_photos()
     shrunk = []
     for name, data in to_ingest[offset : offset + count]:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        image.thumbnail((side, side))
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        shrunk_photo(data, side).save(buffer, format="PNG")
         shrunk.append((PurePosixPath(name).stem + ".png", buffer.getvalue()))
     return shrunk
 
