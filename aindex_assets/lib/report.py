@@ -205,7 +205,8 @@ def load_schema() -> dict[str, Any]:
 # ------------------------------------------------------------------------- text views
 
 
-def _num(value: float | None, digits: int = 3) -> str:
+def number_cell(value: float | None, digits: int = 3) -> str:
+    """A table cell: the value rounded, or a dash when there is none."""
     return "–" if value is None else f"{value:.{digits}f}"
 
 
@@ -215,7 +216,7 @@ def quality_markdown(quality: Mapping[str, Any]) -> str:
     lines = [header]
     for name, label, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("linf", "L∞", 1)):
         s = quality[name]
-        cells = [_num(s[key], digits) for key in ("mean", "min", "p5", "p50", "p95", "max")]
+        cells = [number_cell(s[key], digits) for key in ("mean", "min", "p5", "p50", "p95", "max")]
         lines.append(f"| {label} | {s['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -255,7 +256,8 @@ def report_markdown(payload: Mapping[str, Any]) -> str:
     lines += ["## Copy detection (all edits pooled)", "", "| variant | μAP | recall @ P90 |"]
     lines.append("|---|---|---|")
     for variant, cd in payload["copy_detection"].items():
-        lines.append(f"| {variant} | {_num(cd['micro_ap'])} | {_num(cd['recall_at_p90'])} |")
+        cells = [number_cell(cd["micro_ap"]), number_cell(cd["recall_at_p90"])]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Image quality of the released images",
@@ -277,11 +279,13 @@ def compare_markdown(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     rows_a, rows_b = _recall_by_edit(a), _recall_by_edit(b)
     for edit in dict.fromkeys([*rows_a, *rows_b]):
         cells = [
-            _num(r.get(edit, {}).get(v)) for r in (rows_a, rows_b) for v in ("passive", "active")
+            number_cell(r.get(edit, {}).get(v))
+            for r in (rows_a, rows_b)
+            for v in ("passive", "active")
         ]
         lines.append(f"| {edit} | " + " | ".join(cells) + " |")
     cells = [
-        _num(p["copy_detection"].get(v, {}).get("micro_ap"))
+        number_cell(p["copy_detection"].get(v, {}).get("micro_ap"))
         for p in (a, b)
         for v in ("passive", "active")
     ]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from aindex_assets.lib.report import audit_lines
+from aindex_assets.lib.report import audit_lines, number_cell
 from aindex_assets.lib.report_figures import FIGURE_TITLES
 
 _STYLE = """
@@ -35,10 +35,6 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _num(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def _row(cells: list[str], tag: str = "td", css: str = "") -> str:
     attribute = f' class="{css}"' if css else ""
     return f"<tr{attribute}>" + "".join(f"<{tag}>{escape(c)}</{tag}>" for c in cells) + "</tr>"
@@ -54,9 +50,9 @@ def recall_table(payload: Mapping[str, Any]) -> str:
     rows = {(r["edit"], r["variant"]): r for r in result["rows"]}
     lines = [_row(header, "th")]
     for edit in dict.fromkeys(r["edit"] for r in result["rows"]):
-        cells = [_num(rows[(edit, v)].get(m)) for m, _ in metrics for v in variants]
+        cells = [number_cell(rows[(edit, v)].get(m)) for m, _ in metrics for v in variants]
         lines.append(_row([edit, *cells], css="edit"))
-    averages = [_num(result["average"][v].get(m)) for m, _ in metrics for v in variants]
+    averages = [number_cell(result["average"][v].get(m)) for m, _ in metrics for v in variants]
     lines.append(_row(["average", *averages], css="average"))
     return '<table id="recall-table">' + "".join(lines) + "</table>"
 
@@ -66,7 +62,7 @@ def quality_table(quality: Mapping[str, Any]) -> str:
     lines = [_row(["metric", *keys], "th")]
     for name, label, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("linf", "L∞", 1)):
         stats = quality[name]
-        cells = [str(stats["n"]), *(_num(stats[k], digits) for k in keys[1:])]
+        cells = [str(stats["n"]), *(number_cell(stats[k], digits) for k in keys[1:])]
         lines.append(_row([label, *cells], css="quality"))
     return '<table id="quality-table">' + "".join(lines) + "</table>"
 
@@ -74,7 +70,7 @@ def quality_table(quality: Mapping[str, Any]) -> str:
 def copy_detection_table(payload: Mapping[str, Any]) -> str:
     lines = [_row(["variant", "μAP", "recall at precision 0.9", "predictions"], "th")]
     for variant, section in payload["copy_detection"].items():
-        cells = [_num(section["micro_ap"]), _num(section["recall_at_p90"])]
+        cells = [number_cell(section["micro_ap"]), number_cell(section["recall_at_p90"])]
         lines.append(_row([variant, *cells, str(section["predictions"])]))
     return '<table id="copy-detection-table">' + "".join(lines) + "</table>"
 
