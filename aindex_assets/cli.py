@@ -12,8 +12,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aindex_assets.instance import dagster_home
+from aindex_assets.services.copy_detection.calibration import threshold_summary
+from aindex_assets.services.copy_detection.detection import ExtractorMismatch, Verdict
+from aindex_assets.services.copy_detection.judge import Judgement
+from aindex_assets.services.index import NoIndex
 from aindex_assets.settings import Settings
-from aindex_assets.storage.catalog import Catalog, ReportRecord
+from aindex_assets.storage.catalog import Catalog, CopyThresholdRecord, ReportRecord
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.objectstore import ObjectStore, open_object_store
 
@@ -198,25 +202,45 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def verdict_line(verdict: Verdict, threshold: CopyThresholdRecord) -> str:
+    """`path: copy of image 12 (source key), score ... <= threshold ...` and the like."""
+    if verdict.reason:
+        return f"{verdict.query_key}: rejected: {verdict.reason}"
+    if verdict.image_id is None:
+        return f"{verdict.query_key}: not a copy (no catalog image among the top results)"
+    side = (">=" if verdict.is_copy else "<") if threshold.metric == "ip" else None
+    side = side or ("<=" if verdict.is_copy else ">")
+    what = "COPY of" if verdict.is_copy else "not a copy; closest is"
+    return (
+        f"{verdict.query_key}: {what} image {verdict.image_id} ({verdict.source_key}), "
+        f"score {verdict.score:.4f} {side} threshold {threshold.threshold:.4f}"
+    )
+
+
+def judgement_text(judgement: Judgement) -> str:
+    threshold = judgement.threshold
+    lines = [threshold_summary(threshold)]
+    lines += [verdict_line(v, threshold) for v in judgement.verdicts]
+    if judgement.calibrated_now:
+        lines.insert(0, "no threshold was recorded for this served index: calibrated one first")
+    return "\n".join(lines)
+
+
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """Judge local image files against the served index (nothing goes to the inbox)."""
-    from aindex_assets.copydetect import (
-        DetectionSetting,
-        ExtractorMismatch,
-        NoServedIndex,
-        query_paths,
-    )
     from aindex_assets.lib.extractors import load_extractor
+    from aindex_assets.services.copy_detection.detection import DetectionSetting
+    from aindex_assets.services.copy_detection.judge import judge_files
 
     files = collect_files(args.images, command="query")
     store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
     extractor = load_extractor(settings.extractor_spec, device=settings.device)
     setting = DetectionSetting(k=args.k, nprobe=args.nprobe)
     try:
-        payload, text = query_paths(files, store, catalog, extractor, setting)
-    except (NoServedIndex, ExtractorMismatch) as exc:
+        judgement = judge_files(files, store, catalog, extractor, setting)
+    except (NoIndex, ExtractorMismatch) as exc:
         raise SystemExit(f"aindex query: {exc}") from exc
-    emit(args, payload, text)
+    emit(args, judgement.to_dict(), judgement_text(judgement))
     return 0
 
 

@@ -6,43 +6,52 @@ embedded default (local folder + SQLite) or production (S3/MinIO + PostgreSQL).
 
 import dagster as dg
 
-from aindex_assets.defs import (
-    activation,
-    checks,
-    comparison,
-    embeddings,
-    index,
-    ingest,
-    queries,
-    reports,
-)
-from aindex_assets.defs.comparison import compare_indexes_job
-from aindex_assets.defs.jobs import (
-    activate_batch_job,
-    bootstrap_job,
-    detect_copies_job,
-    retrain_index_job,
-)
+from aindex_assets.defs.activation import assets as activation_assets
+from aindex_assets.defs.activation import checks as activation_checks
+from aindex_assets.defs.copy_detection import assets as copy_detection_assets
+from aindex_assets.defs.copy_detection.sensors import query_sensor
+from aindex_assets.defs.index import assets as index_assets
+from aindex_assets.defs.index import checks as index_checks
+from aindex_assets.defs.ingest import assets as ingest_assets
+from aindex_assets.defs.ingest.sensors import inbox_sensor
+from aindex_assets.defs.jobs import ALL_JOBS
+from aindex_assets.defs.reports import assets as report_assets
+from aindex_assets.defs.reports import checks as report_checks
+from aindex_assets.defs.reports import comparison as comparison_assets
 from aindex_assets.defs.resources import ExtractorResource, storage_from_settings
-from aindex_assets.defs.sensors import inbox_sensor, query_sensor
 from aindex_assets.settings import Settings
+
+ASSET_MODULES = [
+    ingest_assets,
+    index_assets,
+    activation_assets,
+    report_assets,
+    comparison_assets,
+    copy_detection_assets,
+]
+CHECK_MODULES = [activation_checks, index_checks, report_checks]
+
+# Eager assets (the served index, the copy threshold) need a running automation sensor; Dagster
+# creates one that starts STOPPED, so a fresh deployment would never materialize them.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=(
+        "Materializes the eager assets when their inputs change: the served index after a new "
+        "shard, and the copy threshold after a new served index."
+    ),
+)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(
-            [ingest, embeddings, index, activation, reports, queries, comparison]
-        ),
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[
-            activate_batch_job,
-            bootstrap_job,
-            retrain_index_job,
-            detect_copies_job,
-            compare_indexes_job,
-        ],
-        sensors=[inbox_sensor, query_sensor],
+        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
+        jobs=ALL_JOBS,
+        sensors=[inbox_sensor, query_sensor, automation_sensor],
         resources={
             "storage": storage_from_settings(settings),
             "extractor": ExtractorResource(spec=settings.extractor_spec, device=settings.device),

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import event
 
-from aindex_assets.defs.index import merge_served_index, write_shard
+from aindex_assets.services.index import merge_served_index, write_shard
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.objectstore import ObjectStore, open_object_store

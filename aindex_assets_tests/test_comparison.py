@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from aindex_assets.definitions import build_definitions
-from aindex_assets.defs.comparison import REPORT_KIND, compare_indexes_job
+from aindex_assets.defs.jobs import compare_indexes_job
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.lib import photos
 from aindex_assets.lib.activation import ActivationParams
@@ -26,6 +26,7 @@ from aindex_assets.lib.comparison import (
 from aindex_assets.lib.edits import edits_by_name
 from aindex_assets.lib.extractors import load_extractor
 from aindex_assets.lib.index import IndexSpecError
+from aindex_assets.services.comparison import REPORT_KIND
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
@@ -185,7 +186,8 @@ def bootstrap(defs: dg.Definitions, instance: dg.DagsterInstance) -> str:
     Activation, shards and the robustness report of the batch are left out to keep the test
     short: the comparison reads only the originals, their descriptors and the training set.
     """
-    from aindex_assets.defs.sensors import inbox_sensor
+    from aindex_assets.defs.claims import with_request_config
+    from aindex_assets.defs.ingest.sensors import inbox_sensor
 
     with dg.build_sensor_context(
         instance=instance, resources={"storage": defs.resources["storage"]}
@@ -199,7 +201,7 @@ def bootstrap(defs: dg.Definitions, instance: dg.DagsterInstance) -> str:
     outcome = job.execute_in_process(
         instance=instance,
         partition_key=run_request.partition_key,
-        run_config={"ops": ops},
+        run_config=with_request_config({"ops": ops}, run_request),
         asset_selection=[dg.AssetKey(name) for name in needed],
     )
     assert outcome.success

@@ -20,23 +20,28 @@ import sqlalchemy as sa
 from alembic import command
 from PIL import Image
 
-from aindex_assets import cli, copydetect
+from aindex_assets import cli
 from aindex_assets.definitions import build_definitions
 from aindex_assets.defs import partitions
+from aindex_assets.defs.claims import with_request_config
+from aindex_assets.defs.copy_detection.assets import copy_threshold
+from aindex_assets.defs.copy_detection.sensors import query_sensor
+from aindex_assets.defs.ingest.sensors import inbox_sensor
 from aindex_assets.defs.jobs import detect_copies_job
-from aindex_assets.defs.queries import copy_threshold
-from aindex_assets.defs.sensors import QUERY_CURSOR, inbox_sensor, query_sensor
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.copydetection import (
     TopMatch,
     calibrate_threshold,
+    operating_point,
     passes,
     reranked_top_match,
+    threshold_for_fpr,
 )
 from aindex_assets.lib.edits import Edit
 from aindex_assets.lib.extractors import load_extractor
 from aindex_assets.lib.images import content_hash
 from aindex_assets.lib.photos import small_demo_photos
+from aindex_assets.services.copy_detection import calibration, detection
 from aindex_assets.settings import Settings
 from aindex_assets.storage.arrays import encode_descriptors
 from aindex_assets.storage.catalog import Catalog
@@ -104,8 +109,8 @@ def test_reranking_scores_candidates_on_their_original_descriptors() -> None:
 
 
 def test_distractor_base_is_the_pipelines() -> None:
-    assert copydetect.DISTRACTOR_ID_BASE == partitions.DISTRACTOR_ID_BASE
-    assert copydetect.DISTRACTOR_BATCH == partitions.DISTRACTOR_BATCH
+    assert detection.DISTRACTOR_ID_BASE == partitions.DISTRACTOR_ID_BASE
+    assert calibration.DISTRACTOR_BATCH == partitions.DISTRACTOR_BATCH
 
 
 # ---------------------------------------------------------------------------- catalog
@@ -131,7 +136,7 @@ def test_migration_0002_keeps_earlier_verdicts_and_reruns_replace(catalog_url: s
         )
     engine.dispose()
     catalog = Catalog.open(catalog_url)
-    assert catalog.schema_revision() == head_revision() == "0002"
+    assert catalog.schema_revision() == head_revision() == "0003"
     [old] = catalog.copy_detections("q1")
     assert (old.query_key, old.matches, old.reason, old.threshold_id) == (
         "queries/inbox/old.jpg",
@@ -182,7 +187,7 @@ def run_requested(
         outcome = job.execute_in_process(
             instance=instance,
             partition_key=run.partition_key,
-            run_config=config,
+            run_config=with_request_config(config, run),
             asset_selection=assets,
         )
         assert outcome.success
@@ -277,9 +282,9 @@ def test_query_batch_finds_the_edited_original_and_rejects_the_unrelated_photo(
     [outcome] = run_requested(defs, instance, result)
     batch_id = result.run_requests[0].partition_key
     assert instance.get_dynamic_partitions(partitions.QUERY_BATCHES.name) == [batch_id]
-    assert catalog.inbox_cursor(QUERY_CURSOR) == max(
-        info.key for info in store.list(QUERY_INBOX_PREFIX)
-    )
+    assert list(store.list(QUERY_INBOX_PREFIX)) == []  # claimed files leave the query inbox
+    claims = catalog.inbox_claims(batch_id)
+    assert len(claims) == len(names) and {c.status for c in claims} == {"moved"}
 
     verdicts = {d.query_key.rsplit("/", 1)[-1]: d for d in catalog.copy_detections(batch_id)}
     assert sorted(verdicts) == sorted(names)
@@ -412,7 +417,9 @@ def test_query_sensor_and_job_on_s3_and_postgres(
         outcome = defs.resolve_job_def(run.job_name).execute_in_process(
             instance=instance,
             partition_key=run.partition_key,
-            run_config={"ops": {"copy_detections": {"config": {"max_negatives": 6}}}},
+            run_config=with_request_config(
+                {"ops": {"copy_detections": {"config": {"max_negatives": 6}}}}, run
+            ),
         )
         assert outcome.success
     catalog = Catalog.open(settings.database_url)
@@ -423,3 +430,31 @@ def test_query_sensor_and_job_on_s3_and_postgres(
     [threshold] = catalog.copy_thresholds()
     assert threshold.reached and threshold.n_non_matching == 12
     assert store.exists(f"queries/results/{run.partition_key}/t{threshold.id:08d}.json")
+
+
+def test_fixed_fpr_threshold_on_a_known_case() -> None:
+    """1,000 non-matches at distances 0..999: 1% FPR lets exactly the 10 closest through."""
+    non_matching = [TopMatch(0, 5, float(d)) for d in np.random.default_rng(0).permutation(1000)]
+    # Matching queries at distances 0.5, 5.5, ..., 95.5; the last one found the wrong image.
+    matching = [(i, TopMatch(0, i, 0.5 + 5 * i)) for i in range(20)]
+    matching[-1] = (19, TopMatch(0, 3, 0.1))
+    point = operating_point(matching, non_matching, target_fpr=0.01)
+    assert point.threshold == pytest.approx(9.5)
+    assert point.fpr == pytest.approx(0.01) and point.resolved
+    assert point.tpr == pytest.approx(2 / 20)  # 0.5 and 5.5 pass; the wrong match never counts
+    tenth = operating_point(matching, non_matching, target_fpr=0.001)
+    assert tenth.threshold == pytest.approx(0.5) and tenth.fpr == pytest.approx(0.001)
+    similar = [TopMatch(0, 5, -m.score) for m in non_matching]
+    flipped = operating_point(
+        [(i, TopMatch(0, i, -m.score)) for i, m in matching], similar, 0.01, higher_is_better=True
+    )
+    assert flipped.threshold == pytest.approx(-9.5) and flipped.fpr == pytest.approx(0.01)
+
+
+def test_fixed_fpr_says_when_too_few_negatives() -> None:
+    ten = [TopMatch(0, 5, float(d)) for d in range(1, 11)]
+    point = operating_point([(1, TopMatch(0, 1, 0.5))], ten, target_fpr=0.01)
+    assert not point.resolved
+    assert point.fpr == 0.0 and point.tpr == 1.0
+    assert 0.5 < point.threshold < 1.0
+    assert threshold_for_fpr([None, None], 0.5) == np.inf  # nothing found: everything may pass

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from aindex_assets.defs.index import merge_served_index, write_shard
 from aindex_assets.lib import index as faiss_index
+from aindex_assets.services.index import merge_served_index, write_shard
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog, IndexVersionRecord
 from aindex_assets.storage.keys import trained_index_key

@@ -12,10 +12,11 @@ import pytest
 
 from aindex_assets import cli
 from aindex_assets.definitions import build_definitions
+from aindex_assets.defs.claims import with_request_config
+from aindex_assets.defs.ingest.sensors import inbox_sensor
 from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.defs.resources import storage_from_settings
-from aindex_assets.defs.sensors import inbox_sensor
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
@@ -42,7 +43,7 @@ def execute_sensor_result(
         outcome = defs.resolve_job_def(run.job_name).execute_in_process(
             instance=instance,
             partition_key=run.partition_key,
-            run_config=job_config(defs, run.job_name),
+            run_config=with_request_config(job_config(defs, run.job_name), run),
         )
         assert outcome.success
         batches.append(run.partition_key)
@@ -144,7 +145,7 @@ def test_batch_run_records_activation_report_and_checks(
         outcome = defs.resolve_job_def(run.job_name).execute_in_process(
             instance=instance,
             partition_key=run.partition_key,
-            run_config=job_config(defs, run.job_name),
+            run_config=with_request_config(job_config(defs, run.job_name), run),
         )
         assert outcome.success
         checks = {e.check_name: e.passed for e in outcome.get_asset_check_evaluations()}

@@ -20,11 +20,12 @@ import pytest
 
 from aindex_assets import cli
 from aindex_assets.definitions import build_definitions
-from aindex_assets.defs.reports import choose_negatives, robustness_report
+from aindex_assets.defs.reports.assets import robustness_report
 from aindex_assets.lib.edits import PAPER_EDITS
 from aindex_assets.lib.images import content_hash
 from aindex_assets.lib.photos import NEGATIVE_PHOTOS, negative_photos
 from aindex_assets.lib.report import load_schema, summary_stats
+from aindex_assets.services.reports import choose_negatives
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.objectstore import open_object_store

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from aindex_assets.defs.shared import load_batch_descriptors
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.extractors import ExtractorError, load_extractor
+from aindex_assets.services.index import load_batch_descriptors
 from aindex_assets.settings import Settings, redact_extractor_spec
 from aindex_assets.storage.arrays import decode_descriptors, encode_descriptors
 from aindex_assets.storage.inbox import upload_key

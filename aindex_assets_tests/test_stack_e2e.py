@@ -46,9 +46,12 @@ def instance_yaml(dagster_pg_url: str) -> dict:
 
 def bootstrap_index(settings: Settings) -> None:
     defs = build_definitions(settings)
-    bootstrap_ops = {asset.op.name for asset in BOOTSTRAP_ASSETS}
+    bootstrap_ops = set(BOOTSTRAP_ASSETS)
     ops = {k: v for k, v in FAST_RUN_CONFIG["ops"].items() if k in bootstrap_ops}
-    result = dg.materialize(BOOTSTRAP_ASSETS, resources=defs.resources, run_config={"ops": ops})
+    result = dg.materialize(
+        [defs.resolve_assets_def(key) for key in BOOTSTRAP_ASSETS],
+        run_config={"ops": ops},
+    )
     assert result.success
 
 

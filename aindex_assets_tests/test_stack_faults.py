@@ -24,15 +24,16 @@ import pytest
 import sqlalchemy as sa
 from dagster._serdes import serialize_value
 
-import aindex_assets.defs.activation as activation_module
-import aindex_assets.defs.index as index_module
+import aindex_assets.services.activation as activation_module
+import aindex_assets.services.index as index_module
 from aindex_assets import cli
 from aindex_assets.definitions import build_definitions
+from aindex_assets.defs.claims import with_request_config
+from aindex_assets.defs.ingest.sensors import inbox_sensor
 from aindex_assets.defs.jobs import BATCH_SELECTION, BOOTSTRAP_ASSETS
 from aindex_assets.defs.partitions import DISTRACTOR_BATCH, INGEST_BATCHES
-from aindex_assets.defs.reports import robustness_report
+from aindex_assets.defs.reports.assets import robustness_report
 from aindex_assets.defs.resources import _open_catalog, _open_store
-from aindex_assets.defs.sensors import inbox_sensor
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Base, Catalog
@@ -76,6 +77,8 @@ class Stack:
     secrets: dict[str, str]
     logs: ListHandler
     stderr: io.StringIO = field(default_factory=io.StringIO)
+    cursor: str | None = None
+    requests: dict[str, dg.RunRequest] = field(default_factory=dict)
 
     def store(self) -> S3ObjectStore:
         return _open_store(self.settings)  # type: ignore[return-value]
@@ -91,13 +94,26 @@ class Stack:
         return keys
 
     def claim_batch(self) -> str:
-        """One sensor tick that must cut exactly one batch; its partition is registered."""
+        """One sensor tick that must cut exactly one batch; its partition is registered.
+
+        The cursor carries over between ticks as the daemon keeps it, so a batch requested
+        but not run yet is not proposed again.
+        """
         resources = {"storage": self.defs.resources["storage"]}
-        with dg.build_sensor_context(instance=self.instance, resources=resources) as context:
+        with dg.build_sensor_context(
+            instance=self.instance, resources=resources, cursor=self.cursor
+        ) as context:
             result = inbox_sensor(context)
         [request] = result.run_requests
+        self.cursor = result.cursor
+        self.requests[request.partition_key] = request
         self.instance.add_dynamic_partitions(INGEST_BATCHES.name, [request.partition_key])
         return request.partition_key
+
+    def run_config(self, batch: str) -> dict:
+        """The batch's run config as its sensor request carries it (a re-run needs none)."""
+        request = self.requests.get(batch)
+        return with_request_config(RUN_CONFIG, request) if request else RUN_CONFIG
 
     def run_batch(
         self, batch: str, instance: dg.DagsterInstance | None = None
@@ -106,7 +122,7 @@ class Stack:
             return self.defs.resolve_job_def(BATCH_JOB.name).execute_in_process(
                 instance=instance or self.instance,
                 partition_key=batch,
-                run_config=RUN_CONFIG,
+                run_config=self.run_config(batch),
                 raise_on_error=False,
             )
 
@@ -150,8 +166,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedServer, po
         try:
             with contextlib.redirect_stderr(stack.stderr):
                 result = dg.materialize(
-                    BOOTSTRAP_ASSETS,
-                    resources=defs.resources,
+                    [defs.resolve_assets_def(key) for key in BOOTSTRAP_ASSETS],
                     run_config=BOOTSTRAP_CONFIG,
                     instance=instance,
                 )
@@ -300,7 +315,7 @@ def test_two_batches_at_once_lose_no_id_and_duplicate_none(
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions(INGEST_BATCHES.name, [batch])
         results[batch] = stack.defs.resolve_job_def(BATCH_JOB.name).execute_in_process(
-            instance=instance, partition_key=batch, run_config=RUN_CONFIG
+            instance=instance, partition_key=batch, run_config=stack.run_config(batch)
         )
 
     threads = [threading.Thread(target=run, args=(b,)) for b in batches]

@@ -33,7 +33,8 @@ from aindex_assets.lib import photos
 from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.edits import PAPER_EDITS
 from aindex_assets.lib.evaluation import evaluate_robustness
-from aindex_assets.lib.extractors import IMAGENET_MEAN, IMAGENET_STD, load_extractor, pil_to_tensor
+from aindex_assets.lib.extractors import IMAGENET_MEAN, IMAGENET_STD, load_extractor
+from aindex_assets.lib.images import pil_to_tensor
 from aindex_assets.lib.metrics import psnr, ssim
 from aindex_assets.lib.perceptual import jnd_heatmap
 
@@ -108,6 +109,9 @@ def main() -> None:
     parser.add_argument("--factory", default="IVF64,PQ8x8")
     parser.add_argument("--nprobe", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--extractor", default="efficientnet_lite0", help="extractor spec (see lib/extractors.py)"
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
         "--no-matched", action="store_true", help="skip the engine run at the METHOD's PSNR"
@@ -124,7 +128,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     extractor = load_extractor(
-        "efficientnet_lite0", device=args.device, antialias=args.antialias == "everywhere"
+        args.extractor, device=args.device, antialias=args.antialias == "everywhere"
     )
     to_ingest, held_out = photos.split_demo_photos()
     queried = [decode(data, args.max_side) for _, data in to_ingest[: args.images]]

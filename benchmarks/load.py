@@ -27,10 +27,11 @@ import numpy as np
 from PIL import Image
 
 from aindex_assets.definitions import build_definitions
+from aindex_assets.defs.claims import with_request_config
+from aindex_assets.defs.ingest.sensors import inbox_sensor
 from aindex_assets.defs.jobs import BATCH_SELECTION, BOOTSTRAP_ASSETS
 from aindex_assets.defs.partitions import DISTRACTOR_BATCH, INGEST_BATCHES
-from aindex_assets.defs.reports import robustness_report
-from aindex_assets.defs.sensors import inbox_sensor
+from aindex_assets.defs.reports.assets import robustness_report
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.images import decode_image
 from aindex_assets.lib.photos import demo_photos
@@ -113,7 +114,9 @@ def run_batches(defs: dg.Definitions, iterations: int) -> tuple[int, float]:
             )
             for request in result.run_requests:
                 outcome = job.execute_in_process(
-                    instance=instance, partition_key=request.partition_key, run_config=config
+                    instance=instance,
+                    partition_key=request.partition_key,
+                    run_config=with_request_config(config, request),
                 )
                 assert outcome.success, f"batch {request.partition_key} failed"
                 n_batches += 1
@@ -182,7 +185,8 @@ def main() -> None:
 
         started = time.perf_counter()
         bootstrap = dg.materialize(
-            BOOTSTRAP_ASSETS, resources=defs.resources, run_config=BOOTSTRAP_CONFIG
+            [defs.resolve_assets_def(key) for key in BOOTSTRAP_ASSETS],
+            run_config=BOOTSTRAP_CONFIG,
         )
         assert bootstrap.success
         bootstrap_s = time.perf_counter() - started

@@ -20,9 +20,10 @@ import dagster as dg
 import numpy as np
 
 from aindex_assets.definitions import build_definitions
+from aindex_assets.defs.claims import with_request_config
+from aindex_assets.defs.ingest.sensors import inbox_sensor
 from aindex_assets.defs.jobs import BOOTSTRAP_ASSETS, activate_batch_job
 from aindex_assets.defs.partitions import INGEST_BATCHES
-from aindex_assets.defs.sensors import inbox_sensor
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.evaluation import evaluate_robustness
@@ -45,7 +46,10 @@ BOOTSTRAP_CONFIG = {
 
 def bootstrap(settings: Settings) -> None:
     defs = build_definitions(settings)
-    result = dg.materialize(BOOTSTRAP_ASSETS, resources=defs.resources, run_config=BOOTSTRAP_CONFIG)
+    result = dg.materialize(
+        [defs.resolve_assets_def(key) for key in BOOTSTRAP_ASSETS],
+        run_config=BOOTSTRAP_CONFIG,
+    )
     assert result.success
 
 
@@ -62,7 +66,9 @@ def through_dagster(settings: Settings, photos: list[tuple[str, bytes]]) -> floa
             [run] = inbox_sensor(context).run_requests
         instance.add_dynamic_partitions(INGEST_BATCHES.name, [run.partition_key])
         outcome = defs.resolve_job_def(activate_batch_job.name).execute_in_process(
-            instance=instance, partition_key=run.partition_key
+            instance=instance,
+            partition_key=run.partition_key,
+            run_config=with_request_config({}, run),
         )
         assert outcome.success
     return time.perf_counter() - start

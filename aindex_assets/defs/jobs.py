@@ -1,23 +1,16 @@
-"""Jobs: what one ingestion batch runs, how the index is bootstrapped, and the explicit retrain."""
+"""Every job in one place, selected by asset key so that no asset module imports another."""
 
 import dagster as dg
 
-from aindex_assets.defs.activation import activated_images
-from aindex_assets.defs.embeddings import image_embeddings, training_embeddings
-from aindex_assets.defs.index import index_distractors, index_shard, search_index, trained_index
-from aindex_assets.defs.ingest import raw_images
-from aindex_assets.defs.queries import copy_detections
-from aindex_assets.defs.reports import robustness_report
-
-BATCH_ASSETS = [
-    raw_images,
-    image_embeddings,
-    activated_images,
-    index_shard,
-    search_index,
-    robustness_report,
-]
-BOOTSTRAP_ASSETS = [training_embeddings, trained_index, index_distractors]
+BATCH_ASSETS = (
+    "raw_images",
+    "image_embeddings",
+    "activated_images",
+    "index_shard",
+    "search_index",
+    "robustness_report",
+)
+BOOTSTRAP_ASSETS = ("training_embeddings", "trained_index", "index_distractors")
 
 BATCH_SELECTION = dg.AssetSelection.assets(*BATCH_ASSETS)
 BOOTSTRAP_SELECTION = dg.AssetSelection.assets(*BOOTSTRAP_ASSETS)
@@ -39,7 +32,7 @@ bootstrap_job = dg.define_asset_job(
 
 retrain_index_job = dg.define_asset_job(
     "retrain_index",
-    selection=BOOTSTRAP_SELECTION | dg.AssetSelection.assets(search_index),
+    selection=BOOTSTRAP_SELECTION | dg.AssetSelection.assets("search_index"),
     config={"ops": {"trained_index": {"config": {"retrain": True}}}},
     description=(
         "Explicitly trains a new index version and retires the old one. Released images keep "
@@ -49,9 +42,26 @@ retrain_index_job = dg.define_asset_job(
 
 detect_copies_job = dg.define_asset_job(
     "detect_copies",
-    selection=dg.AssetSelection.assets(copy_detections),
+    selection=dg.AssetSelection.assets("copy_detections"),
     description=(
         "One batch of suspicious images from the query inbox: copy / not-a-copy verdicts "
         "against the served index."
     ),
 )
+
+compare_indexes_job = dg.define_asset_job(
+    "compare_indexes",
+    selection=dg.AssetSelection.assets("index_comparison"),
+    description=(
+        "On demand: one batch evaluated for several index factory strings, passive vs active "
+        "(set the factories, edits and iterations in the launchpad)."
+    ),
+)
+
+ALL_JOBS = [
+    activate_batch_job,
+    bootstrap_job,
+    retrain_index_job,
+    detect_copies_job,
+    compare_indexes_job,
+]

@@ -6,39 +6,33 @@ that every asset of a run shares them.
 """
 
 from functools import lru_cache
-from pathlib import Path
 
 import dagster as dg
 
 from aindex_assets.lib.extractors import Extractor, load_extractor
-from aindex_assets.settings import Settings, redact_url
+from aindex_assets.settings import DEFAULT_BUCKET, DEFAULT_DATA_DIR, Settings, redact_url
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.objectstore import ObjectStore, open_object_store
 
 
 class StorageResource(dg.ConfigurableResource):
-    """The object store (local folder or S3/MinIO) and the catalog (SQLite or PostgreSQL)."""
+    """The object store (local folder or S3/MinIO) and the catalog (SQLite or PostgreSQL).
 
-    data_dir: str = "aindex_data"
+    The storage fields of `Settings` as Dagster config (unset: the settings' defaults), so
+    that the UI shows where a run reads and writes; secrets arrive as `EnvVar`s.
+    """
+
+    data_dir: str = str(DEFAULT_DATA_DIR)
     object_store: str = "local"
     s3_endpoint: str | None = None
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
-    s3_bucket: str = "aindex"
+    s3_bucket: str = DEFAULT_BUCKET
     s3_region: str | None = None
     database_url: str | None = None
 
     def settings(self) -> Settings:
-        return Settings(
-            data_dir=Path(self.data_dir),
-            object_store=self.object_store,
-            s3_endpoint=self.s3_endpoint,
-            s3_access_key=self.s3_access_key,
-            s3_secret_key=self.s3_secret_key,
-            s3_bucket=self.s3_bucket,
-            s3_region=self.s3_region,
-            database_url=self.database_url or Settings.default_database_url(Path(self.data_dir)),
-        )
+        return Settings(**{k: v for k, v in self.model_dump().items() if v is not None})
 
     def store(self) -> ObjectStore:
         return _open_store(self.settings())

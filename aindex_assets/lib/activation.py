@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from aindex_assets.lib import index as faiss_index
-from aindex_assets.lib.extractors import IMAGENET_STD, Extractor, pil_to_tensor
+from aindex_assets.lib.extractors import IMAGENET_STD, Extractor
+from aindex_assets.lib.images import pil_to_tensor
 from aindex_assets.lib.metrics import linf, psnr, ssim
 from aindex_assets.lib.perceptual import jnd_heatmap
 

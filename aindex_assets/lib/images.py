@@ -236,12 +236,12 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float32 tensor CxHxW in [0, 1]."""
+def pil_to_tensor(image: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:
+    """RGB PIL image -> float32 tensor CxHxW in [0, 1], on `device` (bytes travel as uint8)."""
     import torch  # imported here so that decoding alone does not load torch
 
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).to(device).permute(2, 0, 1).float().div_(255.0)
 
 
 def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:

@@ -109,6 +109,15 @@ def shrunk_photo(
     return image
 
 
+def shrunk_jpeg(data: bytes, max_side: int) -> bytes:
+    """A published-size copy (longest side `max_side`, JPEG 95), as a photo bank releases them."""
+    if max(Image.open(io.BytesIO(data)).size) <= max_side:
+        return data
+    buffer = io.BytesIO()
+    shrunk_photo(data, max_side, Image.Resampling.LANCZOS).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
 def small_demo_photos(count: int, side: int, offset: int = 0) -> list[tuple[str, bytes]]:
     """`count` photos to ingest, shrunk to `side` px and re-encoded as PNG (tests, benchmarks)."""
     to_ingest, _ = split_demo_photos()

@@ -286,6 +286,46 @@ class IdCounter(Base):
     value: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
+CLAIM_STATUSES = ("claimed", "moved", "rejected")
+# A claim is open until its object has left the inbox: at most one open claim per inbox key.
+OPEN_CLAIM = sa.text("status <> 'moved'")
+
+
+class InboxClaim(Base):
+    """An inbox object claimed by one batch (see `services/inbox.py` for the protocol).
+
+    ``claimed``: the batch owns the key and is moving the object to ``claimed_key``;
+    ``moved``: the object is at ``claimed_key`` and gone from the inbox (a later upload under
+    the same key is a new file); ``rejected``: a name the store cannot address, kept out of
+    every later batch. Keys are compared through ``key_hash`` (SHA-256 of the key), so a
+    long name never overflows a PostgreSQL index entry.
+    """
+
+    __tablename__ = "inbox_claims"
+    __table_args__ = (
+        sa.Index(
+            "uq_inbox_claims_one_open",
+            "inbox",
+            "key_hash",
+            unique=True,
+            postgresql_where=OPEN_CLAIM,
+            sqlite_where=OPEN_CLAIM,
+        ),
+        sa.Index("ix_inbox_claims_batch", "batch_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    inbox: Mapped[str] = mapped_column(sa.String(32))
+    source_key: Mapped[str] = mapped_column(sa.Text)
+    key_hash: Mapped[str] = mapped_column(sa.String(64))
+    batch_id: Mapped[str] = mapped_column(sa.String(128))
+    claimed_key: Mapped[str | None] = mapped_column(sa.String(1024))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 # ---------------------------------------------------------------------------- records
 
 
@@ -447,6 +487,18 @@ class CopyThresholdRecord:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class InboxClaimRecord:
+    inbox: str
+    source_key: str
+    batch_id: str
+    claimed_key: str | None
+    status: str
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
 R = TypeVar("R")
 
 
@@ -464,6 +516,11 @@ def ids_checksum(ids: Iterable[int]) -> str:
     for value in ids:
         digest.update(int(value).to_bytes(8, "little", signed=True))
     return digest.hexdigest()
+
+
+def _key_hash(source_key: str) -> str:
+    """The indexed form of an inbox key (keys are compared by their SHA-256)."""
+    return hashlib.sha256(source_key.encode("utf-8")).hexdigest()
 
 
 def _row_values(row: Any) -> dict[str, Any]:
@@ -1237,6 +1294,112 @@ class Catalog:
             )
             return result.rowcount == 1
 
+    # -- inbox claims -----------------------------------------------------------------
+
+    def claim_inbox_key(
+        self,
+        inbox: str,
+        source_key: str,
+        batch_id: str,
+        claimed_key: str | None,
+        reason: str | None = None,
+    ) -> InboxClaimRecord | None:
+        """Claim an inbox key for a batch; returns the claim that holds it now.
+
+        The record's ``batch_id`` says who won: this batch, or another one whose open claim
+        was there first (the insert of a loser does nothing, in one transaction on both
+        dialects). ``reason`` claims it as ``rejected``. A key this batch already moved is
+        not claimed again: a re-upload under that name is left to a later batch. None: the
+        key was claimed and moved by another batch in the meantime.
+        """
+        digest = _key_hash(source_key)
+        now = utcnow()
+        mine = sa.select(InboxClaim).where(
+            InboxClaim.inbox == inbox,
+            InboxClaim.key_hash == digest,
+            InboxClaim.batch_id == batch_id,
+            InboxClaim.status == "moved",
+        )
+        insert = self._insert(InboxClaim).values(
+            inbox=inbox,
+            source_key=source_key,
+            key_hash=digest,
+            batch_id=check_batch_id(batch_id),
+            claimed_key=claimed_key,
+            status="rejected" if reason is not None else "claimed",
+            reason=reason,
+            created_at=now,
+            updated_at=now,
+        )
+        with self._write() as session:
+            done = session.scalars(mine.limit(1)).first()
+            if done is not None:
+                return _record(InboxClaimRecord, done)
+            session.execute(insert.on_conflict_do_nothing())
+            row = session.scalar(self._open_claim(inbox, digest))
+            return _record(InboxClaimRecord, row) if row is not None else None
+
+    @staticmethod
+    def _open_claim(inbox: str, digest: str) -> sa.Select:
+        return sa.select(InboxClaim).where(
+            InboxClaim.inbox == inbox, InboxClaim.key_hash == digest, InboxClaim.status != "moved"
+        )
+
+    def finish_inbox_claim(self, inbox: str, source_key: str, batch_id: str) -> bool:
+        """Mark this batch's claim moved (its object left the inbox); False if it held none."""
+        return self._change_open_claim(inbox, source_key, batch_id, delete=False)
+
+    def release_inbox_claim(self, inbox: str, source_key: str, batch_id: str) -> bool:
+        """Drop this batch's unfinished claim (its object vanished before it could be moved)."""
+        return self._change_open_claim(inbox, source_key, batch_id, delete=True)
+
+    def _change_open_claim(self, inbox: str, source_key: str, batch_id: str, delete: bool) -> bool:
+        where = (
+            InboxClaim.inbox == inbox,
+            InboxClaim.key_hash == _key_hash(source_key),
+            InboxClaim.batch_id == batch_id,
+            InboxClaim.status == "claimed",
+        )
+        statement = (
+            sa.delete(InboxClaim).where(*where)
+            if delete
+            else sa.update(InboxClaim).where(*where).values(status="moved", updated_at=utcnow())
+        )
+        with self._write() as session:
+            return session.execute(statement).rowcount == 1
+
+    def inbox_claims(self, batch_id: str) -> list[InboxClaimRecord]:
+        """Every claim of a batch, in the order it made them."""
+        query = sa.select(InboxClaim).where(InboxClaim.batch_id == batch_id).order_by(InboxClaim.id)
+        with self._read() as session:
+            return [_record(InboxClaimRecord, row) for row in session.scalars(query)]
+
+    def inbox_key_claims(self, inbox: str, source_key: str) -> list[InboxClaimRecord]:
+        """The history of one inbox key: every batch that claimed it, oldest first."""
+        query = (
+            sa.select(InboxClaim)
+            .where(InboxClaim.inbox == inbox, InboxClaim.key_hash == _key_hash(source_key))
+            .order_by(InboxClaim.id)
+        )
+        with self._read() as session:
+            return [_record(InboxClaimRecord, row) for row in session.scalars(query)]
+
+    def open_inbox_claims(self, inbox: str, source_keys: Iterable[str]) -> set[str]:
+        """Those of ``source_keys`` held by an open claim (being moved, or rejected)."""
+        by_hash = {_key_hash(key): key for key in source_keys}
+        held: set[str] = set()
+        hashes = list(by_hash)
+        with self._read() as session:
+            for start in range(0, len(hashes), 500):  # bounded IN lists on both dialects
+                chunk = hashes[start : start + 500]
+                query = sa.select(InboxClaim.key_hash).where(
+                    InboxClaim.inbox == inbox,
+                    InboxClaim.key_hash.in_(chunk),
+                    InboxClaim.status != "moved",
+                )
+                held.update(by_hash[h] for h in session.scalars(query))
+        return held
+
 
 __all__ = [
     "IMAGE_STATUSES",
@@ -1247,6 +1410,7 @@ __all__ = [
     "CopyThresholdRecord",
     "ExtractorRecord",
     "ImageRecord",
+    "InboxClaimRecord",
     "IndexVersionRecord",
     "RejectedFileRecord",
     "ReportRecord",

@@ -203,8 +203,21 @@ def _read_chunks(stream: BinaryIO, length: int | None) -> Iterator[bytes]:
         raise ObjectStoreError(f"stream ended {remaining} bytes before the announced length")
 
 
-class _PutsThroughStream:
-    """`put_bytes` and `put_file` of both stores: each is one `put_stream` call."""
+class _StreamedStore:
+    """What both stores share: every put is one `put_stream`, every get one `open`."""
+
+    def open(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        raise NotImplementedError
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open(key) as reader:
+            return reader.read()
+
+    def get_file(self, key: str, path: Path | str) -> Path:
+        target = Path(path)
+        with self.open(key) as reader:
+            _atomic_write(target, _read_chunks(reader, None))
+        return target
 
     def put_stream(
         self,
@@ -238,7 +251,7 @@ class _PutsThroughStream:
             )
 
 
-class LocalObjectStore(_PutsThroughStream):
+class LocalObjectStore(_StreamedStore):
     """Objects as files under ``root``; metadata in hidden sidecar files."""
 
     def __init__(self, root: Path | str) -> None:
@@ -281,16 +294,6 @@ class LocalObjectStore(_PutsThroughStream):
         # metadata without data.
         _atomic_write(self._meta_path(key), iter([json.dumps(sidecar).encode()]))
         return ObjectInfo(key, size, etag, content_type, meta, self._mtime(target))
-
-    def get_bytes(self, key: str) -> bytes:
-        with self.open(key) as reader:
-            return reader.read()
-
-    def get_file(self, key: str, path: Path | str) -> Path:
-        target = Path(path)
-        with self.open(key) as reader:
-            _atomic_write(target, _read_chunks(reader, None))
-        return target
 
     @contextlib.contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:
@@ -423,7 +426,7 @@ _CREDENTIAL_CODES = {
 }
 
 
-class S3ObjectStore(_PutsThroughStream):
+class S3ObjectStore(_StreamedStore):
     """Objects in one bucket of an S3-compatible server, through the MinIO client."""
 
     def __init__(
@@ -539,16 +542,6 @@ class S3ObjectStore(_PutsThroughStream):
             )
         size = length if length is not None else self.stat(key).size
         return ObjectInfo(key, size, result.etag, content_type, meta, None)
-
-    def get_bytes(self, key: str) -> bytes:
-        with self.open(key) as reader:
-            return reader.read()
-
-    def get_file(self, key: str, path: Path | str) -> Path:
-        target = Path(path)
-        with self.open(key) as reader:
-            _atomic_write(target, _read_chunks(reader, None))
-        return target
 
     @contextlib.contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:

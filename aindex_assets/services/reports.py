@@ -1,22 +1,18 @@
-"""Robustness reports: does activation keep edited copies findable, here and now?"""
+"""Robustness reports: edited copies of a batch, passive against active, in the served index."""
+
+from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-import dagster as dg
 import numpy as np
 from PIL import Image
 
-from aindex_assets.defs.embeddings import load_originals
-from aindex_assets.defs.partitions import INGEST_BATCHES
-from aindex_assets.defs.resources import ExtractorResource, StorageResource
-from aindex_assets.defs.shared import load_served, require_active_version
-from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.evaluation import evaluate_robustness
+from aindex_assets.lib.extractors import Extractor
 from aindex_assets.lib.images import ImageRejected, content_hash, decode_image
 from aindex_assets.lib.photos import negative_photos
 from aindex_assets.lib.report import (
-    SCHEMA_VERSION,
     build_payload,
     distinct,
     edits_for,
@@ -24,23 +20,27 @@ from aindex_assets.lib.report import (
     utc_timestamp,
 )
 from aindex_assets.lib.report_figures import report_figures
-from aindex_assets.lib.report_html import figures_markdown, render_html
+from aindex_assets.lib.report_html import render_html
+from aindex_assets.services.index import load_originals, open_served
 from aindex_assets.settings import redact_extractor_spec
 from aindex_assets.storage.catalog import ActivationRecord, Catalog
 from aindex_assets.storage.keys import NEGATIVES_PREFIX, report_asset_key, report_key
 from aindex_assets.storage.objectstore import ObjectStore
 
-REPORT_SCHEMA_VERSION = SCHEMA_VERSION
+
+class ReportExists(RuntimeError):
+    """A report object is already stored under this report id: reports are immutable."""
 
 
-class ReportConfig(dg.Config):
+@dataclass(frozen=True)
+class ReportSettings:
     """Search settings, edits, the seed of the random ("auto") edits and the negatives."""
 
     k: int = 10
     nprobe: int = 1
     seed: int = 0
-    edit_set: str = "paper"  # "paper", "sweep" (paper + quick sweeps) or "full_sweep"
-    edits: list[str] | None = None  # only these edits of the set, by name; None: all
+    edit_set: str = "paper"
+    edits: list[str] | None = None
     negatives_prefix: str = NEGATIVES_PREFIX
     max_negatives: int = 32
     examples: int = 3
@@ -57,6 +57,16 @@ class Negatives:
 
     def audit(self) -> dict:
         return {"source": self.source, "prefix": self.prefix, "items": self.items}
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """A report written to the catalog and the store."""
+
+    report_id: int
+    payload: dict
+    figures: dict[str, bytes]
+    files: dict[str, object]
 
 
 def choose_negatives(store: ObjectStore, catalog: Catalog, prefix: str, limit: int) -> Negatives:
@@ -120,7 +130,7 @@ def store_report(
     }
     for key in [files["json"], files["html"], *files["figures"].values()]:
         if store.exists(key):
-            raise dg.Failure(f"report object {key} already exists: reports are immutable")
+            raise ReportExists(f"report object {key} already exists: reports are immutable")
     payload["files"] = files
     for name, png in figures.items():
         store.put_bytes(files["figures"][name], png, content_type="image/png")
@@ -130,112 +140,77 @@ def store_report(
     return files
 
 
-def _float(value: float | None) -> dg.MetadataValue:
-    return dg.MetadataValue.float(float("nan") if value is None else value)
-
-
-@dg.asset(
-    partitions_def=INGEST_BATCHES,
-    deps=["activated_images", "search_index"],
-    group_name="reports",
-    kinds={"python", "html"},
-)
 def robustness_report(
-    context: dg.AssetExecutionContext,
-    config: ReportConfig,
-    storage: StorageResource,
-    extractor: ExtractorResource,
-) -> dg.MaterializeResult:
-    """Recall and copy detection of edited copies, passive originals against activated releases.
-
-    Every activated image of the batch and its original are edited with the paper's edit
-    list (or the sweeps, `edit_set`); the copies are searched in the served index (which
-    also holds the other batches and the distractors), together with edited non-matching
-    photos (`negatives/` in the store, else packaged photos that are never ingested).
-    Recall@1/10, 1/(rank+1) and copy-detection micro-AP per edit and variant go to the
-    catalog; the JSON document (schema in `lib/report_schema.json`: audit trail, image
-    quality statistics, pooled precision-recall curve), a self-contained HTML page and
-    the PNG figures go to the object store under keys unique to the report id.
-    """
-    store, catalog = storage.store(), storage.catalog()
-    version = require_active_version(catalog)
-    model = extractor.load()
-    activations = catalog.activations(batch_id=context.partition_key)
+    store: ObjectStore,
+    catalog: Catalog,
+    extractor: Extractor,
+    extractor_spec: str,
+    batch_id: str,
+    settings: ReportSettings,
+    run_id: str | None = None,
+) -> StoredReport | None:
+    """Evaluate the batch's activated images and store the report; None when there are none."""
+    activations = catalog.activations(batch_id=batch_id)
     if not activations:
-        return dg.MaterializeResult(metadata={"note": "no activated images in this batch"})
+        return None
+    served = open_served(store, catalog)
     image_ids = [a.image_id for a in activations]
     passive = load_originals(store, catalog.images_by_ids(image_ids))
     active = [decode_image(store.get_bytes(a.object_key), a.object_key).image for a in activations]
-    served_record = catalog.current_served_index(version.id)
-    served = load_served(store, catalog, version)
-    negatives = choose_negatives(store, catalog, config.negatives_prefix, config.max_negatives)
-    edits = edits_for(config.edit_set, config.edits)
+    negatives = choose_negatives(store, catalog, settings.negatives_prefix, settings.max_negatives)
+    edits = edits_for(settings.edit_set, settings.edits)
 
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return faiss_index.search(served, queries, k=k, nprobe=config.nprobe)
+        return served.search(queries, k, settings.nprobe)
 
     result = evaluate_robustness(
         passive,
         active,
         image_ids,
-        model.embed_images,
+        extractor.embed_images,
         search,
         edits=edits,
-        k=config.k,
-        seed=config.seed,
+        k=settings.k,
+        seed=settings.seed,
         negatives=negatives.images,
     )
     report_id = catalog.next_report_id()
     audit = {
         "report_id": report_id,
-        "batch_id": context.partition_key,
+        "batch_id": batch_id,
         "created_at": utc_timestamp(),
         "extractor": {
-            "identity": model.identity,
-            "spec": redact_extractor_spec(extractor.spec),
-            "name": model.name,
+            "identity": extractor.identity,
+            "spec": redact_extractor_spec(extractor_spec),
+            "name": extractor.name,
         },
         "index": {
-            "version": version.id,
-            "factory": version.factory,
-            "served_index_id": served_record.id,
-            "served_ntotal": served_record.ntotal,
+            "version": served.version.id,
+            "factory": served.version.factory,
+            "served_index_id": served.served.id,
+            "served_ntotal": served.served.ntotal,
         },
         "activation": activation_audit(activations),
         "evaluation": {
-            "seed": config.seed,
-            "k": config.k,
-            "nprobe": config.nprobe,
-            "edit_set": config.edit_set,
+            "seed": settings.seed,
+            "k": settings.k,
+            "nprobe": settings.nprobe,
+            "edit_set": settings.edit_set,
         },
         "negatives": negatives.audit(),
         "image_ids": image_ids,
-        "dagster_run_id": context.run_id,
+        "dagster_run_id": run_id,
     }
     payload = build_payload(result, audit, quality_of(activations), edits)
-    examples = list(zip(image_ids, passive, active, strict=True))[: config.examples]
+    examples = list(zip(image_ids, passive, active, strict=True))[: settings.examples]
     figures = report_figures(payload, examples)
     files = store_report(store, payload, figures, render_html(payload, figures))
     catalog.record_report(
-        batch_id=context.partition_key,
+        batch_id=batch_id,
         kind="robustness",
         payload=payload,
         object_key=files["json"],
         rows=result.rows,
         report_id=report_id,
     )
-    averages = payload["result"]["average"]
-    pooled = payload["copy_detection"]
-    return dg.MaterializeResult(
-        metadata={
-            "report_id": dg.MetadataValue.int(report_id),
-            "recall_at_1_passive": dg.MetadataValue.float(averages["passive"]["recall_at_1"]),
-            "recall_at_1_active": dg.MetadataValue.float(averages["active"]["recall_at_1"]),
-            "micro_ap_passive": _float(pooled["passive"]["micro_ap"]),
-            "micro_ap_active": _float(pooled["active"]["micro_ap"]),
-            "table": dg.MetadataValue.md(payload["markdown"]),
-            "figures": dg.MetadataValue.md(figures_markdown(figures)),
-            "html_report": dg.MetadataValue.text(store.uri(files["html"])),
-            "object_key": dg.MetadataValue.text(store.uri(files["json"])),
-        }
-    )
+    return StoredReport(report_id, payload, figures, files)

@@ -1,0 +1,1 @@
+"""Activation: the batch's released images and the PSNR floor that guards them."""

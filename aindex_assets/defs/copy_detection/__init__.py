@@ -1,0 +1,1 @@
+"""Copy detection: the query sensor, the calibrated threshold and the verdicts."""

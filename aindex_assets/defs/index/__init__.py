@@ -1,0 +1,1 @@
+"""The index: training descriptors, versioned training, distractors, shards, the served index."""

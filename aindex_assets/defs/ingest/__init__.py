@@ -1,0 +1,1 @@
+"""Ingestion: the inbox sensor and the batch's validated originals."""

@@ -1,0 +1,1 @@
+"""Reports: robustness of each batch, and the on-demand index comparison."""

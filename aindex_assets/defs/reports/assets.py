@@ -1,0 +1,79 @@
+"""Robustness reports: does activation keep edited copies findable, here and now?"""
+
+from typing import Literal
+
+import dagster as dg
+
+from aindex_assets.defs.failures import domain_failures
+from aindex_assets.defs.partitions import INGEST_BATCHES
+from aindex_assets.defs.resources import ExtractorResource, StorageResource
+from aindex_assets.lib.report_html import figures_markdown
+from aindex_assets.services.reports import ReportSettings
+from aindex_assets.services.reports import robustness_report as build_report
+
+
+class ReportConfig(dg.Config, ReportSettings):
+    """Search settings, edits, the seed of the random ("auto") edits and the negatives.
+
+    `edit_set`: `paper` (the paper's 15 edits), `sweep` (plus quick parameter sweeps) or
+    `full_sweep`; `edits`: only these edits of the set, by name (unset: all).
+    """
+
+    edit_set: Literal["paper", "sweep", "full_sweep"] = "paper"
+
+
+def _float(value: float | None) -> dg.MetadataValue:
+    return dg.MetadataValue.float(float("nan") if value is None else value)
+
+
+@dg.asset(
+    partitions_def=INGEST_BATCHES,
+    deps=["activated_images", "search_index"],
+    group_name="reports",
+    kinds={"python", "html"},
+)
+def robustness_report(
+    context: dg.AssetExecutionContext,
+    config: ReportConfig,
+    storage: StorageResource,
+    extractor: ExtractorResource,
+) -> dg.MaterializeResult:
+    """Recall and copy detection of edited copies, passive originals against activated releases.
+
+    Every activated image of the batch and its original are edited with the paper's edit
+    list (or the sweeps, `edit_set`); the copies are searched in the served index (which
+    also holds the other batches and the distractors), together with edited non-matching
+    photos (`negatives/` in the store, else packaged photos that are never ingested).
+    Recall@1/10, 1/(rank+1) and copy-detection micro-AP per edit and variant go to the
+    catalog; the JSON document (schema in `lib/report_schema.json`: audit trail, image
+    quality statistics, pooled precision-recall curve), a self-contained HTML page and
+    the PNG figures go to the object store under keys unique to the report id.
+    """
+    store = storage.store()
+    with domain_failures():
+        report = build_report(
+            store,
+            storage.catalog(),
+            extractor.load(),
+            extractor.spec,
+            context.partition_key,
+            config,
+            context.run.run_id,
+        )
+    if report is None:
+        return dg.MaterializeResult(metadata={"note": "no activated images in this batch"})
+    averages = report.payload["result"]["average"]
+    pooled = report.payload["copy_detection"]
+    return dg.MaterializeResult(
+        metadata={
+            "report_id": dg.MetadataValue.int(report.report_id),
+            "recall_at_1_passive": dg.MetadataValue.float(averages["passive"]["recall_at_1"]),
+            "recall_at_1_active": dg.MetadataValue.float(averages["active"]["recall_at_1"]),
+            "micro_ap_passive": _float(pooled["passive"]["micro_ap"]),
+            "micro_ap_active": _float(pooled["active"]["micro_ap"]),
+            "table": dg.MetadataValue.md(report.payload["markdown"]),
+            "figures": dg.MetadataValue.md(figures_markdown(report.figures)),
+            "html_report": dg.MetadataValue.text(store.uri(report.files["html"])),
+            "object_key": dg.MetadataValue.text(store.uri(report.files["json"])),
+        }
+    )
