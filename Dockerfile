@@ -49,7 +49,7 @@ COPY aindex_assets ./aindex_assets
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 
 # Instance configuration and the workspace that points at the user_code service.
-COPY dagster.yaml ${DAGSTER_HOME}/dagster.yaml
+COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml
 COPY deploy/workspace.yaml ./deploy/workspace.yaml
 
 # Mount points of the named volumes: created here with the right owner, so that a fresh

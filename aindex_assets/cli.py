@@ -3,105 +3,278 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import NoReturn
 
 from tqdm import tqdm
 
 from aindex_assets.instance import dagster_home
-from aindex_assets.services.copy_detection.calibration import threshold_summary
+from aindex_assets.lib.extractors import ExtractorError
+from aindex_assets.lib.images import MAX_FILE_BYTES, too_large_reason
+from aindex_assets.services.copy_detection.calibration import NoThreshold, threshold_summary
 from aindex_assets.services.copy_detection.detection import ExtractorMismatch, Verdict
 from aindex_assets.services.copy_detection.judge import Judgement
 from aindex_assets.services.index import NoIndex
-from aindex_assets.settings import Settings
-from aindex_assets.storage.catalog import Catalog, CopyThresholdRecord, ReportRecord
-from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
-from aindex_assets.storage.objectstore import ObjectStore, open_object_store
+from aindex_assets.settings import Settings, SettingsError
+from aindex_assets.storage.catalog import (
+    DUPLICATE_REASON_PREFIX,
+    Catalog,
+    CopyThresholdRecord,
+    ReportRecord,
+)
+from aindex_assets.storage.inbox import INBOX_PREFIX, printable_key, upload_key
+from aindex_assets.storage.objectstore import ObjectStore, ObjectStoreError, open_object_store
+
+# Exit statuses. `query` follows grep (0 = found) so that `if aindex query x.jpg` reads naturally.
+EXIT_OK = 0
+EXIT_COPY_FOUND = 0
+EXIT_NO_COPY = 1
+EXIT_USAGE = 2  # argparse's own status for a bad command line
+EXIT_ERROR = 3
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool that SIGPIPE ended
+
+EXIT_STATUS_HELP = """\
+exit status: 0 done, 2 usage error, 3 error (one line on stderr: `aindex COMMAND: message`);
+`aindex query` also exits 1 when no copy was found (see `aindex query --help`)"""
+
+QUERY_EXIT_STATUS_HELP = """\
+exit status (like grep's, so that `if aindex query photo.jpg; then ...` means "is a copy"):
+  0  at least one image is a copy of an indexed one
+  1  no image is a copy (every one was judged)
+  2  usage error (bad arguments)
+  3  error: no index, extractor mismatch, missing path or empty folder, store failure,
+     or no copy found while some input could not be judged (not an image, unreadable)
+--json output is the same whatever the status."""
 
 
-def collect_files(paths: Sequence[str], command: str = "ingest") -> list[Path]:
+class UserError(Exception):
+    """A mistake or missing precondition the user can fix; `main` reports the message."""
+
+
+class Failure(SystemExit):
+    """Ends the command with EXIT_ERROR once `main` wrote its line on stderr.
+
+    str() stays the message (SystemExit would otherwise print it again and exit 1), so
+    in-process callers such as the tests can still tell failures apart.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = EXIT_ERROR
+
+
+# Everything a command raises that is the user's to fix, not a bug: one line, no traceback.
+# OSError covers unreadable inputs and unwritable destinations.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    NoIndex,
+    NoThreshold,
+    ExtractorMismatch,
+    ExtractorError,
+    SettingsError,
+    ObjectStoreError,
+    OSError,
+)
+
+
+def collect_files(paths: Sequence[str]) -> list[Path]:
+    """The files of `paths`; a missing path or a folder without files is a UserError.
+
+    Inside a folder a symbolic link is followed only to a file inside that folder. Links
+    that leave it, broken links, loops, links to folders (never descended, so nothing is
+    walked twice) and unreadable subfolders are skipped, each named on stderr in one line.
+    A file or folder named on the command line is taken as it is, link or not.
+    """
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+            found, skipped = folder_files(path)
+            for entry, why in skipped:
+                print(f"skipped {shown(str(entry))}: {why}", file=sys.stderr)
+            if not found:  # an empty upload or query is a wrong path, not a success
+                raise UserError(f"{raw}: folder holds no files")
+            files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise SystemExit(f"aindex {command}: {raw}: no such file or folder")
+            raise UserError(f"{raw}: no such file or folder")
     return files
 
 
-def upload(store: ObjectStore, named_bytes: Sequence[tuple[str, bytes]], prefix: str) -> list[str]:
-    keys = []
-    for name, data in tqdm(
-        named_bytes, desc="upload", unit="file", disable=not sys.stderr.isatty()
-    ):
-        key = upload_key(name, prefix=prefix)
-        store.put_bytes(key, data)
+def folder_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files to take, sorted; [(path, why)] skipped) under `folder`: see collect_files."""
+    root = folder.resolve()
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+
+    def unreadable(error: OSError) -> None:
+        skipped.append((Path(error.filename or folder), f"unreadable folder ({error.strerror})"))
+
+    for current, folders, names in os.walk(folder, onerror=unreadable):  # links not descended
+        for name in sorted(folders):
+            entry = Path(current, name)
+            if entry.is_symlink():
+                skipped.append((entry, link_problem(entry, folder, root) or FOLDER_LINK))
+        for name in sorted(names):
+            entry = Path(current, name)
+            if entry.is_symlink() and (problem := link_problem(entry, folder, root)):
+                skipped.append((entry, problem))
+            elif entry.is_file():  # not a socket, a FIFO or a device
+                found.append(entry)
+    return sorted(found), skipped
+
+
+FOLDER_LINK = "symbolic link to a folder inside it: not followed (its files are taken from there)"
+
+
+def link_problem(link: Path, folder: Path, root: Path) -> str | None:
+    """Why the symbolic link `link` found in `folder` (resolved: `root`) is not followed."""
+    try:
+        target = link.resolve(strict=True)
+    except FileNotFoundError:
+        return "broken symbolic link (its target does not exist)"
+    except RuntimeError:  # how Python before 3.13 reports a loop
+        return "symbolic link loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"unreadable symbolic link ({exc.strerror})"
+    if not target.is_relative_to(root):
+        return f"symbolic link to {shown(str(target))}, outside {shown(str(folder))}"
+    return None
+
+
+def shown(text: str) -> str:
+    """`text` (a stored key, a path, a reason) safe to print on a terminal, on one line.
+
+    Control characters (C0 and C1: escape sequences, new lines), invisible format
+    characters (bidirectional overrides) and line separators become `\\xNN` / `\\uNNNN`;
+    bytes of a name that is not UTF-8 are escaped by `printable_key`.
+    """
+    return "".join(
+        ch if ch.isprintable() or ch == " " else _escaped(ch) for ch in printable_key(text)
+    )
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def upload_files(store: ObjectStore, files: Sequence[Path], prefix: str) -> list[str]:
+    """Stream each file to the store: memory holds one chunk, whatever the file's size."""
+    keys: list[str] = []
+    for path in tqdm(files, desc="upload", unit="file", disable=not sys.stderr.isatty()):
+        key = upload_key(path.name, prefix=prefix)
+        with path.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_FILE_BYTES:  # it grew since the check in cmd_ingest
+                raise UserError(
+                    f"{shown(str(path))}: {too_large_reason(size, MAX_FILE_BYTES)}; "
+                    f"{len(keys)} file(s) before it were uploaded"
+                )
+            store.put_stream(key, stream, size)
         keys.append(key)
     return keys
 
 
+def oversized(files: Sequence[Path]) -> str | None:
+    """The files above the upload limit, named with their sizes (None when there are none)."""
+    large = [(path, size) for path in files if (size := path.stat().st_size) > MAX_FILE_BYTES]
+    if not large:
+        return None
+    named = "; ".join(
+        f"{shown(str(path))}: {too_large_reason(size, MAX_FILE_BYTES)}" for path, size in large[:5]
+    )
+    more = f" (and {len(large) - 5} more)" if len(large) > 5 else ""
+    return f"{named}{more}; nothing was uploaded"
+
+
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     files = collect_files(args.paths)
+    refused = oversized(files)
+    if refused:  # refuse before the first upload: no half-ingested folder
+        raise UserError(refused)
     store = open_object_store(settings)
-    keys = upload(store, [(f.name, f.read_bytes()) for f in files], INBOX_PREFIX)
+    keys = upload_files(store, files, INBOX_PREFIX)
     emit(
         args,
         {"uploaded": len(keys), "keys": keys},
         f"uploaded {len(keys)} file(s) to {store.describe()} under {INBOX_PREFIX}",
     )
-    return 0
+    return EXIT_OK
 
 
 def status_payload(catalog: Catalog) -> dict:
+    """Per batch: counts per status, the rejected files and the duplicates, with reasons."""
     counts = catalog.status_counts()
-    rejected = {
-        batch: [
-            {"source_key": r.source_key, "reason": r.reason}
-            for r in catalog.rejected_in_batch(batch)
-        ]
-        for batch in counts
-    }
+    refused = {batch: catalog.rejected_in_batch(batch) for batch in counts}
     version = catalog.active_index_version()
     return {
         "index_version": None
         if version is None
         else {"id": version.id, "factory": version.factory},
         "batches": [
-            {"batch_id": batch, "counts": by_status, "rejected": rejected[batch]}
+            {
+                "batch_id": batch,
+                "counts": by_status,
+                "rejected": [
+                    {"source_key": r.source_key, "reason": r.reason}
+                    for r in refused[batch]
+                    if not r.reason.startswith(DUPLICATE_REASON_PREFIX)
+                ],
+                "duplicates": [
+                    duplicate_entry(catalog, r.source_key, r.reason, r.content_hash)
+                    for r in refused[batch]
+                    if r.reason.startswith(DUPLICATE_REASON_PREFIX)
+                ],
+            }
             for batch, by_status in counts.items()
         ],
     }
 
 
+def duplicate_entry(catalog: Catalog, key: str, reason: str, content_hash: str | None) -> dict:
+    image = catalog.image_by_hash(content_hash) if content_hash else None
+    return {"source_key": key, "image_id": image.id if image else None, "reason": reason}
+
+
 def status_text(payload: dict) -> str:
+    """The status as lines; every stored key and reason is escaped for the terminal."""
     version = payload["index_version"]
     lines = [
-        f"index version: {version['id']} ({version['factory']})" if version else "no index yet"
+        f"index version: {version['id']} ({shown(version['factory'])})"
+        if version
+        else "no index yet"
     ]
     for batch in payload["batches"]:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(batch["counts"].items()))
-        lines.append(f"{batch['batch_id']}: {counts}")
-        lines.extend(f"    rejected {r['source_key']}: {r['reason']}" for r in batch["rejected"])
+        lines.append(f"{shown(batch['batch_id'])}: {counts}")
+        for kind, entries in (("rejected", batch["rejected"]), ("duplicate", batch["duplicates"])):
+            lines += [f"    {kind} {shown(r['source_key'])}: {shown(r['reason'])}" for r in entries]
     return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     payload = status_payload(Catalog.open(settings.database_url))
     emit(args, payload, status_text(payload))
-    return 0
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
     activations = catalog.activations(batch_id=args.batch)
     if not activations:
-        raise SystemExit(f"aindex export: batch {args.batch!r} has no activated images")
+        raise UserError(f"batch {args.batch!r} has no activated images")
     destination = Path(args.dest)
     destination.mkdir(parents=True, exist_ok=True)
     images = {i.id: i for i in catalog.images_by_ids([a.image_id for a in activations])}
@@ -127,7 +300,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         {"exported": len(manifest), "dest": str(destination)},
         f"exported {len(manifest)} image(s) to {destination}",
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
@@ -135,7 +308,7 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     command = ["dagster", "dev", "-m", "aindex_assets.definitions", "-p", str(args.port)]
     executable = Path(sys.executable).with_name("dagster")
     os.execv(str(executable), [str(executable), *command[1:]])
-    return 0
+    return EXIT_OK
 
 
 def find_report(catalog: Catalog, ref: str | None) -> ReportRecord:
@@ -143,20 +316,19 @@ def find_report(catalog: Catalog, ref: str | None) -> ReportRecord:
     if ref is None:
         reports = catalog.reports(kind="robustness")
         if not reports:
-            raise SystemExit("aindex report: no robustness report yet (run `aindex demo`)")
+            raise UserError("no robustness report yet (run `aindex demo`)")
         return reports[-1]
     if ref.isdigit():
         report = catalog.report(int(ref))
         if report is None or report.kind != "robustness":
-            raise SystemExit(f"aindex report: no robustness report with id {ref}")
+            raise UserError(f"no robustness report with id {ref}")
         return report
     if catalog.batch(ref) is None:
-        raise SystemExit(f"aindex report: no batch {ref!r} (see `aindex status`)")
+        raise UserError(f"no batch {ref!r} (see `aindex status`)")
     reports = catalog.reports(batch_id=ref, kind="robustness")
     if not reports:
-        raise SystemExit(
-            f"aindex report: batch {ref!r} has no robustness report yet"
-            " (materialize robustness_report for it)"
+        raise UserError(
+            f"batch {ref!r} has no robustness report yet (materialize robustness_report for it)"
         )
     return reports[-1]
 
@@ -170,8 +342,8 @@ def report_document(store: ObjectStore, report: ReportRecord) -> dict:
 
 def require_schema_2(payload: dict, what: str) -> None:
     if payload.get("schema_version", 1) < 2:
-        raise SystemExit(
-            f"aindex report: report {payload.get('report_id', '?')} predates audited reports"
+        raise UserError(
+            f"report {payload.get('report_id', '?')} predates audited reports"
             f" (schema 1): {what} needs it re-materialized; --json still works"
         )
 
@@ -182,7 +354,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
     if args.compare:
         if args.report or args.html:
-            raise SystemExit("aindex report: --compare takes no other report and no --html")
+            raise UserError("--compare takes no other report and no --html")
         a, b = (report_document(store, find_report(catalog, ref)) for ref in args.compare)
         require_schema_2(a, "--compare")
         require_schema_2(b, "--compare")
@@ -199,20 +371,21 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     else:
         schema = payload.get("schema_version", 1)
         print(report_markdown(payload) if schema >= 2 else payload["markdown"])
-    return 0
+    return EXIT_OK
 
 
 def verdict_line(verdict: Verdict, threshold: CopyThresholdRecord) -> str:
     """`path: copy of image 12 (source key), score ... <= threshold ...` and the like."""
     if verdict.reason:
-        return f"{verdict.query_key}: rejected: {verdict.reason}"
+        return f"{shown(verdict.query_key)}: rejected: {shown(verdict.reason)}"
     if verdict.image_id is None:
-        return f"{verdict.query_key}: not a copy (no catalog image among the top results)"
+        return f"{shown(verdict.query_key)}: not a copy (no catalog image among the top results)"
     side = (">=" if verdict.is_copy else "<") if threshold.metric == "ip" else None
     side = side or ("<=" if verdict.is_copy else ">")
     what = "COPY of" if verdict.is_copy else "not a copy; closest is"
     return (
-        f"{verdict.query_key}: {what} image {verdict.image_id} ({verdict.source_key}), "
+        f"{shown(verdict.query_key)}: {what} image {verdict.image_id} "
+        f"({shown(verdict.source_key or '')}), "
         f"score {verdict.score:.4f} {side} threshold {threshold.threshold:.4f}"
     )
 
@@ -221,8 +394,6 @@ def judgement_text(judgement: Judgement) -> str:
     threshold = judgement.threshold
     lines = [threshold_summary(threshold)]
     lines += [verdict_line(v, threshold) for v in judgement.verdicts]
-    if judgement.calibrated_now:
-        lines.insert(0, "no threshold was recorded for this served index: calibrated one first")
     return "\n".join(lines)
 
 
@@ -232,25 +403,32 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     from aindex_assets.services.copy_detection.detection import DetectionSetting
     from aindex_assets.services.copy_detection.judge import judge_files
 
-    files = collect_files(args.images, command="query")
+    files = collect_files(args.images)
     store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
     extractor = load_extractor(settings.extractor_spec, device=settings.device)
     setting = DetectionSetting(k=args.k, nprobe=args.nprobe)
-    try:
-        judgement = judge_files(files, store, catalog, extractor, setting)
-    except (NoIndex, ExtractorMismatch) as exc:
-        raise SystemExit(f"aindex query: {exc}") from exc
+    judgement = judge_files(files, store, catalog, extractor, setting)
     emit(args, judgement.to_dict(), judgement_text(judgement))
-    return 0
+    return query_exit_status(judgement.verdicts)
+
+
+def query_exit_status(verdicts: Sequence[Verdict]) -> int:
+    """One copy settles the question; "no copy" only holds when every input was judged."""
+    if any(v.is_copy for v in verdicts):
+        return EXIT_COPY_FOUND
+    return EXIT_ERROR if any(v.reason for v in verdicts) else EXIT_NO_COPY
 
 
 def add_query_parser(sub: argparse._SubParsersAction) -> None:
     query = sub.add_parser(
-        "query", help="is an image a copy of an indexed one? (ad hoc, nothing is uploaded)"
+        "query",
+        help="is an image a copy of an indexed one? (ad hoc, nothing is uploaded)",
+        epilog=QUERY_EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the status table
     )
     query.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    query.add_argument("--k", type=int, default=10, help="results searched per image")
-    query.add_argument("--nprobe", type=int, default=1, help="index lists probed")
+    query.add_argument("--k", type=positive_int, default=10, help="results searched per image")
+    query.add_argument("--nprobe", type=positive_int, default=1, help="index lists probed")
     query.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -259,7 +437,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     summary = run_demo(settings, images=args.images, max_side=args.max_side)
     emit(args, summary, summary["text"])
-    return 0
+    return EXIT_OK
 
 
 def emit(args: argparse.Namespace, payload: dict, text: str) -> None:
@@ -269,22 +447,68 @@ def emit(args: argparse.Namespace, payload: dict, text: str) -> None:
         print(text)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: counts and sizes, where 0 or less would fail later with a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0  # reported below, like any other value below 1
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (1-65535), not {text!r}")
+    return value
+
+
+def package_version() -> str:
+    try:
+        return version("aindex_assets")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (argparse prints the whole usage before), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="aindex", description=__doc__)
-    sub = root.add_subparsers(dest="command", required=True)
+    root = Parser(
+        prog="aindex",
+        description=__doc__,
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the status lines
+    )
+    root.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {package_version()}",
+        help="print the installed version and exit",
+    )
+    sub = root.add_subparsers(dest="command", metavar="COMMAND", required=True, help="what to do")
     demo = sub.add_parser(
         "demo", help="run the whole asset graph on real photos shipped in packages"
     )
-    demo.add_argument("--images", type=int, default=24, help="how many photos to activate")
-    demo.add_argument("--max-side", type=int, default=1024, help="longest side of the photos")
+    demo.add_argument("--images", type=positive_int, default=24, help="how many photos to activate")
+    demo.add_argument(
+        "--max-side", type=positive_int, default=1024, help="longest side of the photos"
+    )
     ingest = sub.add_parser("ingest", help="upload files or folders to the inbox")
-    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to upload")
     sub.add_parser("status", help="batches, counts per status, rejected files with reasons")
     export = sub.add_parser("export", help="activated images of a batch, with a manifest")
-    export.add_argument("batch")
-    export.add_argument("dest")
+    export.add_argument("batch", help="batch id (see `aindex status`)")
+    export.add_argument("dest", help="folder to write the images and manifest.json to")
     ui = sub.add_parser("ui", help="start the Dagster UI on the same data")
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--port", type=port_number, default=3000, help="port of the UI (default 3000)")
     for command in (demo, ingest, export, sub.choices["status"]):
         command.add_argument("--json", action="store_true", help="machine-readable output")
     add_report_parser(sub)
@@ -324,8 +548,38 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every user error ends here as one line on stderr (see EXIT_STATUS_HELP)."""
     args = parser().parse_args(argv)
-    return COMMANDS[args.command](args, Settings.from_env())
+    try:
+        status = COMMANDS[args.command](args, Settings.from_env())
+        sys.stdout.flush()  # a reader that left shows up here, where it can still be handled
+    except BrokenPipeError:
+        return reader_gone()
+    except USER_ERRORS as exc:
+        raise failure(args.command, str(exc) or type(exc).__name__) from None
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):  # a status, not a message
+            raise
+        raise failure(args.command, exc.code) from None
+    return status
+
+
+def failure(command: str, message: str) -> Failure:
+    """Write `aindex COMMAND: message` on stderr, on one line whatever the message holds."""
+    line = f"aindex {command}: {' '.join(message.split())}"
+    print(line, file=sys.stderr)
+    return Failure(line)
+
+
+def reader_gone() -> int:
+    """stdout's reader left (`aindex status | head -1`): the Python docs' recipe for SIGPIPE.
+
+    Pointing stdout at devnull keeps the interpreter's final flush from failing again
+    with a traceback.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

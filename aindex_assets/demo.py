@@ -41,6 +41,12 @@ def run_inbox(settings: Settings, catalog: Catalog) -> list[str]:
         )
         if not result.success:
             raise RuntimeError(f"batch {batch.batch_id} failed (run {result.run_id})")
+    if planned:
+        # The daemon's automation sensor would do this after the new served index; the demo
+        # runs without it, and `aindex query` needs a threshold.
+        calibration = dg.materialize([defs.resolve_assets_def("copy_threshold")], instance=instance)
+        if not calibration.success:
+            raise RuntimeError(f"calibrating the copy threshold failed (run {calibration.run_id})")
     return [b.batch_id for b in planned]
 
 

@@ -195,3 +195,246 @@ def test_sampled_grid_gives_the_extractor_resize_and_keeps_other_pixels(extracto
     assert canvas.original.shape[-2:] == (448, 448)  # 2 rows/columns per output at most
     for image, back in zip(images, canvas.full(canvas.originals), strict=True):
         assert torch.equal(image, back)
+
+
+# --- A batch activated in pixel-budgeted chunks (services.activation) -------------------
+
+
+@pytest.fixture
+def embedded_batch(tmp_path, extractor):
+    """A local store and SQLite catalog holding a trained index and one embedded batch of
+    five real photos of different sizes (none over 256 rows: the whole-image code paths)."""
+    from aindex_assets.lib.images import encode_png
+    from aindex_assets.services.embeddings import embed_batch
+    from aindex_assets.services.index import register_extractor, train_version
+    from aindex_assets.services.ingest import ingest_batch
+    from aindex_assets.storage.arrays import encode_descriptors
+    from aindex_assets.storage.catalog import Catalog
+    from aindex_assets.storage.inbox import BatchManifest
+    from aindex_assets.storage.keys import training_embeddings_key
+    from aindex_assets.storage.objectstore import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path / "objects")
+    catalog = Catalog.open(f"sqlite:///{tmp_path}/catalog.db")
+    rng = np.random.default_rng(0)
+    training = rng.standard_normal((700, extractor.dim)).astype(np.float32)
+    training /= np.linalg.norm(training, axis=1, keepdims=True)
+    store.put_bytes(
+        training_embeddings_key(extractor.identity),
+        encode_descriptors(np.arange(len(training)), training),
+    )
+    register_extractor(catalog, extractor, "efficientnet_lite0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_version(store, catalog, extractor, "IVF4,PQ16x4", "l2")
+    named = photos.demo_photos()
+    keys = []
+    for (name, data), width in zip(named[:5], (128, 160, 144, 112, 96), strict=True):
+        key = f"uploads/{name.replace('/', '-')}.png"
+        store.put_bytes(key, encode_png(np.asarray(decode(data, width))))
+        keys.append(key)
+    manifest = BatchManifest("batch-a", "ingest", tuple(keys), "2026-01-01T00:00:00Z")
+    assert len(ingest_batch(store, catalog, manifest).registered) == 5
+    embed_batch(store, catalog, extractor, "batch-a")
+    return store, catalog
+
+
+def whole_batch_as_before(store, catalog, extractor, params):
+    """What `activate_batch` did before chunking: one `activate` call on the whole batch."""
+    from aindex_assets.services.index import (
+        load_batch_descriptors,
+        load_originals,
+        load_trained,
+        merge_version_shards,
+    )
+
+    version = catalog.active_index_version()
+    todo = catalog.images_in_batch("batch-a")
+    descriptors = load_batch_descriptors(store, extractor.identity, "batch-a")
+    index = load_trained(store, version)
+    database, _ = merge_version_shards(store, catalog, version, index, exclude_batch="batch-a")
+    results = activate(
+        load_originals(store, todo),
+        extractor,
+        index,
+        params,
+        original_features=np.stack([descriptors[i.id] for i in todo]),
+        database=database,
+    )
+    return {image.id: result for image, result in zip(todo, results, strict=True)}
+
+
+def released_by_service(store, catalog):
+    from aindex_assets.lib.images import decode_image
+
+    return {
+        a.image_id: (np.asarray(decode_image(store.get_bytes(a.object_key), "x").image), a)
+        for a in catalog.activations(batch_id="batch-a")
+    }
+
+
+def test_batch_is_activated_in_chunks_within_the_pixel_budget(
+    extractor, embedded_batch, monkeypatch
+) -> None:
+    """The service never hands `activate` more than `max_pixels_per_batch` pixels (one image
+    alone excepted), and the chunked batch gives the releases of one call on the whole batch
+    whose internal batches are the same chunks."""
+    import aindex_assets.services.activation as service
+
+    store, catalog = embedded_batch
+    images = catalog.images_in_batch("batch-a")
+    # 128x128, 160x106, 144x96, 112x97 and 96x96 pixels: chunks of 1, 1, 2 and 1 images.
+    budget = 25_000
+    params = dataclasses.replace(FAST, keep_first=True, max_pixels_per_batch=budget)
+    expected = whole_batch_as_before(store, catalog, extractor, params)
+
+    calls: list[list[int]] = []
+    real_activate = service.activate
+
+    def recording_activate(chunk, *args, **kwargs):
+        calls.append([im.width * im.height for im in chunk])
+        return real_activate(chunk, *args, **kwargs)
+
+    monkeypatch.setattr(service, "activate", recording_activate)
+    outcome = service.activate_batch(store, catalog, extractor, "batch-a", params)
+
+    assert len(calls) >= 3 and sum(len(c) for c in calls) == len(images)
+    assert all(sum(c) <= budget or len(c) == 1 for c in calls), calls
+    assert len(outcome.released) == len(images)
+    released = released_by_service(store, catalog)
+    for image_id, result in expected.items():
+        pixels, record = released[image_id]
+        assert np.array_equal(pixels, result.image)
+        assert record.psnr == pytest.approx(result.psnr)
+    assert catalog.count_images(status="activated") == len(images)
+
+
+def test_small_batch_releases_are_the_same_as_before(extractor, embedded_batch) -> None:
+    """Under the pixel budget the batch is one chunk: byte for byte the previous releases."""
+    from aindex_assets.services.activation import activate_batch
+
+    store, catalog = embedded_batch
+    expected = whole_batch_as_before(store, catalog, extractor, FAST)
+    activate_batch(store, catalog, extractor, "batch-a", FAST)
+    released = released_by_service(store, catalog)
+    assert set(released) == set(expected)
+    for image_id, result in expected.items():
+        pixels, record = released[image_id]
+        assert np.array_equal(pixels, result.image)
+        assert (record.psnr, record.ssim, record.linf) == (result.psnr, result.ssim, result.linf)
+        assert record.distance_after == pytest.approx(result.distance_after)
+
+
+def test_retry_activates_only_the_rest_and_sweeps_killed_uploads(
+    extractor, embedded_batch, monkeypatch
+) -> None:
+    """A run killed after its first chunk: the retry keeps that chunk's releases, removes the
+    temporary files the killed uploads left in the release folders (old ones only) and
+    activates the rest."""
+    import os
+    import time
+
+    import aindex_assets.services.activation as service
+    from aindex_assets.storage.keys import activated_key
+
+    store, catalog = embedded_batch
+    images = catalog.images_in_batch("batch-a")
+    params = dataclasses.replace(FAST, max_pixels_per_batch=1)  # one image per chunk
+    real_activate = service.activate
+    calls = []
+
+    def killed_after_first_chunk(chunk, *args, **kwargs):
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")  # as far as the catalog can tell
+        return real_activate(chunk, *args, **kwargs)
+
+    monkeypatch.setattr(service, "activate", killed_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        service.activate_batch(store, catalog, extractor, "batch-a", params)
+    assert len(catalog.activations(batch_id="batch-a")) == 1
+    monkeypatch.setattr(service, "activate", real_activate)
+
+    version = catalog.active_index_version().id
+    folder = store.root / activated_key(version, images[3].content_hash).rpartition("/")[0]
+    meta_folder = store.root / ".aindex-meta" / folder.relative_to(store.root)
+    old, fresh, meta = (
+        folder / ".aindex-tmp-0000000000000001",
+        folder / ".aindex-tmp-0000000000000002",
+        meta_folder / ".aindex-tmp-0000000000000003",
+    )
+    for path in (old, fresh, meta):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half an upload")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    os.utime(meta, (an_hour_ago, an_hour_ago))
+
+    outcome = service.activate_batch(store, catalog, extractor, "batch-a", params)
+    assert len(outcome.already_activated) == 1 and len(outcome.released) == len(images) - 1
+    activations = catalog.activations(batch_id="batch-a")
+    assert sorted(a.image_id for a in activations) == sorted(i.id for i in images)
+    assert not old.exists() and not meta.exists() and fresh.exists()  # a write in progress
+    assert len(outcome.swept) == 2
+
+
+@pytest.mark.parametrize("object_store", ["local", "s3"], indirect=True)
+def test_sweep_removes_old_leftovers_of_interrupted_writes(object_store) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from aindex_assets.storage.objectstore import S3ObjectStore
+    from aindex_assets.storage.sweep import sweep_temporaries
+
+    folder = "activated/v1/ab/cd/"
+    object_store.put_bytes(folder + "kept.png", b"a release")
+    if isinstance(object_store, S3ObjectStore):
+        client, bucket = object_store.client, object_store.bucket
+        client.put_object(bucket, folder + ".aindex-tmp-00ff", io.BytesIO(b"tmp"), 3)
+        client._create_multipart_upload(bucket, folder + "big.png", {})
+        leftovers = [folder + ".aindex-tmp-00ff", "upload:" + folder + "big.png"]
+    else:
+        tmp = object_store.root / folder / ".aindex-tmp-00ff"
+        tmp.write_bytes(b"tmp")
+        leftovers = [folder + ".aindex-tmp-00ff"]
+    # Fresh leftovers may belong to a write in progress: kept.
+    assert sweep_temporaries(object_store, folder, timedelta(minutes=15)) == []
+    later = datetime.now(UTC) + timedelta(minutes=16)
+    assert sorted(sweep_temporaries(object_store, folder, timedelta(minutes=15), now=later)) == (
+        sorted(leftovers)
+    )
+    assert sweep_temporaries(object_store, folder, timedelta(minutes=15), now=later) == []
+    assert [info.key for info in object_store.list("activated/")] == [folder + "kept.png"]
+    with pytest.raises(ValueError):
+        sweep_temporaries(object_store, "activated/v1", timedelta(0))
+
+
+def test_strip_by_strip_measures_equal_the_whole_image_ones() -> None:
+    """Large images are measured, rounded and their heatmap sampled in strips of rows: the
+    same figures as over the whole image (PSNR and L-inf exactly)."""
+    from aindex_assets.lib.activation import (
+        amplitude,
+        linf_8bit,
+        psnr_8bit,
+        sampled_amplitude,
+        sampled_grid,
+        ssim_8bit,
+        to_uint8,
+    )
+    from aindex_assets.lib.metrics import linf, ssim
+
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    after = np.clip(before.astype(int) + rng.integers(-3, 4, before.shape), 0, 255).astype(np.uint8)
+    for rows in (7, 64, 1000):
+        assert psnr_8bit(before, after, rows) == psnr(before, after)
+        assert linf_8bit(before, after, rows) == linf(before, after)
+        assert ssim_8bit(before, after, rows) == pytest.approx(ssim(before, after), abs=1e-12)
+    assert psnr_8bit(before, before) == float("inf")
+
+    pixels = torch.rand(3, 300, 200, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(to_uint8(pixels), (pixels.permute(1, 2, 0) * 255).round().byte().numpy())
+    grid = sampled_grid(300, 200, 64, torch.device("cpu"))
+    whole = amplitude(pixels, FAST)[0][:, grid.rows][:, :, grid.cols]
+    for rows in (5, 37, 100):
+        strips = sampled_amplitude(pixels, FAST, grid.rows, grid.cols, strip_rows=rows)
+        assert (strips - whole).abs().max() < 1e-6 * whole.abs().max()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -31,7 +32,7 @@ from aindex_assets.defs.jobs import detect_copies_job
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.copydetection import (
     TopMatch,
-    calibrate_threshold,
+    calibrate_for_fpr,
     operating_point,
     passes,
     reranked_top_match,
@@ -39,12 +40,16 @@ from aindex_assets.lib.copydetection import (
 )
 from aindex_assets.lib.edits import Edit
 from aindex_assets.lib.extractors import load_extractor
-from aindex_assets.lib.images import content_hash
+from aindex_assets.lib.images import content_hash, decode_image
 from aindex_assets.lib.photos import small_demo_photos
+from aindex_assets.services import reports
 from aindex_assets.services.copy_detection import calibration, detection
+from aindex_assets.services.copy_detection.detection import DetectionSetting
+from aindex_assets.services.copy_detection.judge import judge_files
+from aindex_assets.services.index import open_served
 from aindex_assets.settings import Settings
 from aindex_assets.storage.arrays import encode_descriptors
-from aindex_assets.storage.catalog import Catalog
+from aindex_assets.storage.catalog import Catalog, CopyThresholdRecord
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.keys import QUERY_INBOX_PREFIX, embeddings_key, original_key
 from aindex_assets.storage.migrations import alembic_config, head_revision
@@ -59,42 +64,76 @@ DISTRACTORS = {"crops": 100, "crop_size": 96}
 # ---------------------------------------------------------------------------- calibration
 
 
-def test_calibration_picks_the_loosest_distance_at_the_target_precision() -> None:
-    # Ranked by distance: TP .10, TP .20, FP(wrong image) .30, TP .40 ... TP .90, FP .95, FP 1.0
-    matching = [(1, TopMatch(0, 1, 0.10)), (2, TopMatch(0, 2, 0.20)), (3, TopMatch(0, 9, 0.30))]
-    matching += [(n, TopMatch(0, n, n / 10)) for n in range(4, 10)]
-    matching.append((10, None))  # never found: lowers recall only
-    non_matching = [TopMatch(0, 5, 0.95), TopMatch(1, 6, 1.0), None]
-    result = calibrate_threshold(matching, non_matching, target_precision=0.8)
-    # Precision after .90 is 8/9 (.889), after .95 it is 8/10 (.8), after 1.0 it is 8/11.
-    assert result.reached
-    assert result.threshold == pytest.approx((0.95 + 1.0) / 2)
-    assert result.precision == pytest.approx(0.8)
-    assert result.recall == pytest.approx(8 / 10)
-    assert (result.n_matching, result.n_non_matching) == (10, 3)
-    strict = calibrate_threshold(matching, non_matching, target_precision=0.9)
-    assert strict.threshold == pytest.approx((0.2 + 0.3) / 2)  # before the wrong image
-    assert strict.precision == 1.0 and strict.recall == pytest.approx(0.2)
-    assert passes(0.25, strict.threshold, False) and not passes(0.3, strict.threshold, False)
-    assert not passes(None, strict.threshold, False)
+def test_calibration_sets_the_threshold_for_the_target_fpr_and_measures_the_rates() -> None:
+    # 200 non-matches at distances 1..200 (and 20 that found no catalog image): 1% of 220
+    # lets 2 through, so the threshold falls halfway between the 2nd and the 3rd.
+    order = np.random.default_rng(1).permutation(200)
+    non_matching = [TopMatch(0, 7, float(d + 1)) for d in order] + [None] * 20
+    matching = [(i, TopMatch(0, i, 0.5 * i)) for i in range(10)]  # 0 .. 4.5
+    matching[1] = (1, TopMatch(0, 99, 0.2))  # passes, but names the wrong image
+    matching.append((10, None))  # never found: lowers the TPR only
+    result = calibrate_for_fpr(matching, non_matching, target_fpr=0.01)
+    assert result.threshold == pytest.approx(2.5) and result.resolved
+    assert result.fpr == pytest.approx(2 / 220)
+    assert result.tpr == pytest.approx(5 / 11)  # 0, 1.0, 1.5, 2.0, 2.5 are their own image
+    assert result.precision == pytest.approx(5 / (5 + 1 + 2))
+    assert (result.n_matching, result.n_non_matching) == (11, 220)
+    assert "TPR 0.455 at FPR 0.009 (target 1.00%)" in result.note
+    assert "resolved" not in result.note
+    assert passes(2.4, result.threshold, False) and not passes(3.0, result.threshold, False)
+
+    similar = calibrate_for_fpr(
+        [(t, m and TopMatch(0, m.image_id, -m.score)) for t, m in matching],
+        [m and TopMatch(0, 7, -m.score) for m in non_matching],
+        higher_is_better=True,
+    )
+    assert similar.threshold == pytest.approx(-2.5) and similar.tpr == result.tpr
 
 
-def test_calibration_with_similarities_and_its_conservative_fallbacks() -> None:
-    matching = [(1, TopMatch(0, 1, 0.9)), (2, TopMatch(0, 2, 0.7))]
-    similar = calibrate_threshold(matching, [TopMatch(0, 1, 0.8)], higher_is_better=True)
-    assert similar.reached and similar.threshold == pytest.approx(0.85)
+def test_calibration_says_when_the_rate_cannot_be_resolved() -> None:
+    matching = [(1, TopMatch(0, 1, 0.1)), (2, TopMatch(0, 2, 0.9))]
+    few = [TopMatch(0, 1, d) for d in (0.5, 0.6, 0.7)]  # 3 < 100 non-matches
+    result = calibrate_for_fpr(matching, few, target_fpr=0.01)
+    assert not result.resolved
+    assert 0.5 - 1e-9 < result.threshold < 0.5  # just inside the closest non-match
+    assert (result.tpr, result.fpr) == (0.5, 0.0)
+    assert "target FPR 1.00% cannot be resolved: 3 non-matching queries" in result.note
+    assert "fewer than the 100 it needs" in result.note
+    enough = calibrate_for_fpr(matching, few * 400, target_fpr=0.001)  # 1,200 resolve 0.1%
+    assert enough.resolved and "resolved" not in enough.note
+    assert enough.threshold < 0.5  # one may pass, but 400 tie at 0.5: none does
 
-    unreachable = calibrate_threshold(matching, [TopMatch(0, 1, 0.95)], higher_is_better=True)
-    assert not unreachable.reached and "unreachable" in unreachable.note
-    assert 0.95 < unreachable.threshold < 0.95 + 1e-9  # just inside the closest non-match
-    assert not passes(0.95, unreachable.threshold, True)
 
-    nothing_indexed = calibrate_threshold([], [TopMatch(0, 1, 0.4), TopMatch(0, 2, 0.6)])
-    assert not nothing_indexed.reached and "no matching queries" in nothing_indexed.note
-    assert 0.4 - 1e-9 < nothing_indexed.threshold < 0.4
-    assert calibrate_threshold([(1, None)], [None]).threshold == 0.0
-    with pytest.raises(ValueError, match="target precision"):
-        calibrate_threshold(matching, [], target_precision=0.0)
+def test_calibration_never_records_an_infinite_threshold() -> None:
+    # No non-matching query found a catalog image: the non-matches set no bound.
+    matching = [(1, TopMatch(0, 1, 0.3)), (2, TopMatch(0, 2, 0.8)), (3, TopMatch(0, 9, 1.5))]
+    result = calibrate_for_fpr(matching, [None] * 150, target_fpr=0.01)
+    assert result.threshold == 0.8 and result.resolved  # the loosest CORRECT match
+    assert result.tpr == pytest.approx(2 / 3) and result.fpr == 0.0
+    assert "no bound from the non-matching queries" in result.note
+    nothing = calibrate_for_fpr([(1, None)], [None], target_fpr=0.01)
+    assert nothing.threshold == 0.0 and not nothing.resolved  # only exact matches pass
+    similar = calibrate_for_fpr([(1, TopMatch(0, 1, 0.7))], [], 0.01, higher_is_better=True)
+    assert similar.threshold == 0.7 and similar.fpr is None
+    assert calibrate_for_fpr([], [TopMatch(0, 1, 0.4)]).tpr is None
+    with pytest.raises(ValueError, match="false-positive rate"):
+        calibrate_for_fpr(matching, [], target_fpr=0.0)
+
+
+def test_threshold_summary_flags_an_unresolved_rate() -> None:
+    record = CopyThresholdRecord(
+        id=3, index_version=1, served_index_id=2, metric="l2", k=10, nprobe=1,
+        target_precision=None, threshold=0.5, reached=False, precision=1.0, recall=0.9,
+        n_matching=96, n_non_matching=32, details={"note": "the note"},
+        created_at=datetime.now(UTC), target_fpr=0.01, tpr=0.9, fpr=0.0,
+    )  # fmt: skip
+    assert not record.resolved
+    summary = calibration.threshold_summary(record)
+    assert summary.startswith("copy when top-match score <= 0.5000 (l2, index version 1")
+    assert summary.endswith("UNRESOLVED false-positive rate: the note")
+    assert calibration.threshold_summary(replace(record, reached=True)).endswith(": the note")
+    document = calibration.threshold_document(record)
+    assert document["target_fpr"] == 0.01 and document["resolved"] is False
 
 
 def test_reranking_scores_candidates_on_their_original_descriptors() -> None:
@@ -136,7 +175,7 @@ def test_migration_0002_keeps_earlier_verdicts_and_reruns_replace(catalog_url: s
         )
     engine.dispose()
     catalog = Catalog.open(catalog_url)
-    assert catalog.schema_revision() == head_revision() == "0003"
+    assert catalog.schema_revision() == head_revision() == "0004"
     [old] = catalog.copy_detections("q1")
     assert (old.query_key, old.matches, old.reason, old.threshold_id) == (
         "queries/inbox/old.jpg",
@@ -155,6 +194,48 @@ def test_migration_0002_keeps_earlier_verdicts_and_reruns_replace(catalog_url: s
         ("queries/inbox/a.jpg", True, None),
         ("queries/inbox/b.txt", False, "x"),
     ]
+    catalog.close()
+
+
+MIGRATION_0004_ROWS = [
+    "INSERT INTO batches (id, kind, status, n_files, source_prefix, created_at, updated_at) "
+    "VALUES ('q1', 'query', 'open', 1, '', :t, :t)",
+    "INSERT INTO extractors (identity, spec, dim, input_size, details, created_at) "
+    "VALUES ('e', 's', 4, 224, '{}', :t)",
+    "INSERT INTO index_versions (id, factory, metric, dim, extractor_identity, n_train, "
+    "training_set, created_at, is_active) VALUES (1, 'Flat', 'l2', 4, 'e', 1, '{}', :t, true)",
+    "INSERT INTO served_indexes (id, index_version, object_key, ntotal, batch_ids, created_at, "
+    "is_current) VALUES (1, 1, 'x', 1, '[]', :t, true)",
+    "INSERT INTO copy_thresholds (index_version, served_index_id, metric, k, nprobe, "
+    "target_precision, threshold, reached, n_matching, n_non_matching, details, created_at) "
+    "VALUES (1, 1, 'l2', 10, 1, 0.9, 0.5, true, 8, 16, '{}', :t)",
+    "INSERT INTO copy_detections (batch_id, query_key, is_copy, threshold, created_at, "
+    "threshold_id) SELECT 'q1', 'queries/inbox/old.jpg', false, 0.5, :t, max(id) "
+    "FROM copy_thresholds",
+]
+
+
+def test_migration_0004_keeps_precision_thresholds_and_their_verdicts(catalog_url: str) -> None:
+    """SQLite recreates the table: verdicts pointing at a threshold must not block it."""
+    engine = sa.create_engine(catalog_url)
+    if catalog_url.startswith("sqlite"):  # as the catalog opens it
+        sa.event.listen(engine, "connect", lambda c, _: c.execute("PRAGMA foreign_keys = ON"))
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0003")
+        for statement in MIGRATION_0004_ROWS:
+            connection.execute(sa.text(statement), {"t": "2026-12-01 00:00:00+00:00"})
+    engine.dispose()
+    catalog = Catalog.open(catalog_url)
+    assert catalog.schema_revision() == "0004"
+    [old] = catalog.copy_thresholds()
+    assert (old.target_precision, old.target_fpr, old.tpr, old.fpr) == (0.9, None, None, None)
+    assert not old.resolved  # a precision threshold says nothing about a false-positive rate
+    assert catalog.copy_detections("q1")[0].threshold_id == old.id
+    assert catalog.copy_threshold(1, 10, 1, 0.01) is None  # detection never uses it
+    new = catalog.record_copy_threshold(1, 1, "l2", 10, 1, 0.01, 0.4, True, 0.8, 0.01, 0.9, 96, 224)
+    assert catalog.copy_threshold(1, 10, 1, 0.01) == new
+    assert (new.target_precision, new.tpr, new.recall, new.fpr) == (None, 0.8, 0.8, 0.01)
+    assert new.resolved and catalog.copy_threshold(1, 10, 1, 0.001) is None
     catalog.close()
 
 
@@ -256,23 +337,176 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Indexed]:
         )
 
 
-def test_query_batch_finds_the_edited_original_and_rejects_the_unrelated_photo(
+# The tests below share one indexed state. Those about the missing threshold come first in
+# the file (pytest keeps file order); `calibrated` then records the one threshold that every
+# later test uses.
+
+
+def detect_run_config(batch_id: str, keys: list[str]) -> dict:
+    """Run config of a `detect_copies` run for a batch of query inbox keys, as the sensor's."""
+    claim = {"inbox_keys": keys, "unsafe_keys": {}}
+    return {"ops": {"copy_detections": {"config": claim}}}
+
+
+def test_without_a_threshold_the_query_sensor_waits_and_a_run_claims_nothing(
     indexed: Indexed,
 ) -> None:
     settings, defs, instance = indexed.settings, indexed.defs, indexed.instance
     store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
-    first_id = catalog.activations()[0].image_id
-    calibration = dg.materialize(
+    before = catalog.copy_thresholds()
+    served = catalog.current_served_index()
+    assert served is not None and before == []
+    waiting = upload_key("waiting.jpg", prefix=QUERY_INBOX_PREFIX)
+    store.put_bytes(waiting, indexed.edited)
+    try:
+        # The query sensor proposes nothing: the file waits in the query inbox.
+        skipped = tick(defs, instance, query_sensor)
+        assert isinstance(skipped, dg.SkipReason), skipped
+        assert f"no copy threshold recorded for served index {served.id}" in (
+            skipped.skip_message or ""
+        )
+        assert "materialized" in skipped.skip_message
+
+        # A detection run started anyway fails before claiming anything.
+        instance.add_dynamic_partitions(partitions.QUERY_BATCHES.name, ["q-no-threshold"])
+        outcome = defs.resolve_job_def(detect_copies_job.name).execute_in_process(
+            instance=instance,
+            partition_key="q-no-threshold",
+            run_config=detect_run_config("q-no-threshold", [waiting]),
+            raise_on_error=False,
+        )
+        assert not outcome.success
+        [failure] = [e for e in outcome.all_events if e.event_type_value == "STEP_FAILURE"]
+        message = f"{failure.message} {failure.step_failure_data}"
+        assert "no copy threshold recorded" in message and "`copy_threshold`" in message
+        assert [info.key for info in store.list(QUERY_INBOX_PREFIX)] == [waiting]
+        assert catalog.inbox_claims("q-no-threshold") == []
+    finally:
+        store.delete(waiting)
+        instance.delete_dynamic_partition(partitions.QUERY_BATCHES.name, "q-no-threshold")
+    assert catalog.copy_thresholds() == before, "nothing was calibrated"
+
+
+def test_aindex_query_without_a_threshold_fails_saying_how_to_make_one(
+    indexed: Indexed,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    catalog = Catalog.open(indexed.settings.database_url)
+    served = catalog.current_served_index()
+    before = catalog.copy_thresholds()
+    assert before == []
+    (tmp_path / "edited.jpg").write_bytes(indexed.edited)
+    monkeypatch.setenv("AINDEX_DATA_DIR", str(indexed.settings.data_dir))
+    monkeypatch.chdir(tmp_path)
+    # NoThreshold (a LookupError), or the command's one-line failure once the CLI counts it
+    # a user error.
+    with pytest.raises((LookupError, SystemExit)) as raised:
+        cli.main(["query", str(tmp_path / "edited.jpg")])
+    text = str(raised.value)
+    assert f"no copy threshold recorded for served index {served.id}" in text
+    assert "materialize `copy_threshold` (the automation sensor does it" in text
+    assert "dagster asset materialize -m aindex_assets.definitions --select copy_threshold" in text
+    assert isinstance(raised.value, calibration.NoThreshold | SystemExit)
+    with pytest.raises((LookupError, SystemExit), match='"k": 7'):
+        cli.main(["query", str(tmp_path / "edited.jpg"), "--k", "7"])  # says which config
+    assert catalog.copy_thresholds() == before, "nothing was calibrated"
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    threshold: CopyThresholdRecord
+    metadata: dict
+
+
+@pytest.fixture(scope="module")
+def calibrated(indexed: Indexed) -> Calibrated:
+    """`copy_threshold` materialized once on the indexed state (8 photos as negatives)."""
+    result = dg.materialize(
         [copy_threshold],
-        instance=instance,
-        resources=defs.resources,
+        instance=indexed.instance,
+        resources=indexed.defs.resources,
         run_config={"ops": {"copy_threshold": {"config": {"max_negatives": 8}}}},
     )
-    assert calibration.success
-    [threshold] = catalog.copy_thresholds()
+    assert result.success
+    [threshold] = Catalog.open(indexed.settings.database_url).copy_thresholds()
+    metadata = result.asset_materializations_for_node("copy_threshold")[0].metadata
+    return Calibrated(threshold, {key: value.value for key, value in metadata.items()})
+
+
+def test_threshold_is_set_for_the_target_fpr_and_recorded_with_tpr_and_fpr(
+    indexed: Indexed, calibrated: Calibrated
+) -> None:
+    threshold, catalog = calibrated.threshold, Catalog.open(indexed.settings.database_url)
     assert threshold.served_index_id == catalog.current_served_index().id
-    assert threshold.n_matching == 8 and threshold.n_non_matching == 16
+    assert (threshold.k, threshold.nprobe, threshold.metric) == (10, 1, "l2")
+    assert threshold.target_fpr == 0.01 and threshold.target_precision is None
+    # 4 activated images x 2 edits; 8 unrelated photos x every one of the 14 edits.
+    assert threshold.n_matching == 8 and threshold.n_non_matching == 8 * 14
+    assert threshold.resolved, threshold.details["note"]  # 112 >= 1/1%
+    assert threshold.fpr is not None and threshold.fpr <= 0.01
+    assert threshold.tpr is not None and threshold.tpr == threshold.recall
+    assert threshold.tpr >= 0.5, threshold.details["note"]
     assert threshold.details["negatives"] == "8 packaged photos not in the index"
+    assert threshold.details["edits_per_negative"] == 14
+    assert catalog.copy_threshold(threshold.served_index_id, 10, 1, 0.01) == threshold
+    metadata = calibrated.metadata
+    assert metadata["target_fpr"] == 0.01 and metadata["fpr_resolved"] is True
+    assert (metadata["tpr"], metadata["fpr"]) == (threshold.tpr, threshold.fpr)
+    assert metadata["non_matching_queries"] == 112
+    assert f"TPR {threshold.tpr:.3f} at FPR {threshold.fpr:.3f}" in metadata["calibration"]
+
+
+def test_report_and_query_agree_on_the_same_served_index(
+    indexed: Indexed, calibrated: Calibrated, tmp_path: Path
+) -> None:
+    """One score: the report's evaluation and `aindex query` re-rank the same shortlist."""
+    settings = indexed.settings
+    store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
+    extractor = load_extractor(settings.extractor_spec, device="cpu")
+    served = open_served(store, catalog)
+    first_id = catalog.activations()[0].image_id
+    files = {"edited.jpg": indexed.edited, "unrelated.png": indexed.unrelated}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    judgement = judge_files(
+        [tmp_path / name for name in files], store, catalog, extractor, DetectionSetting()
+    )
+    assert judgement.threshold == calibrated.threshold
+    images = [decode_image(data, name).image for name, data in files.items()]
+    result = reports.evaluate_on_served(
+        store,
+        catalog,
+        extractor,
+        served,
+        images,
+        None,
+        [first_id, first_id],
+        [],
+        {"none": Edit("none")},
+        reports.ReportSettings(),
+    )
+    assert result.reranked
+    for verdict, match in zip(
+        judgement.verdicts, result.top_matches[("none", "passive")], strict=True
+    ):
+        if verdict.image_id is None:  # only distractors among the top k, for both
+            assert match is None, verdict
+            continue
+        assert (match.image_id, match.rank) == (verdict.image_id, verdict.rank), verdict
+        assert match.score == pytest.approx(verdict.score, rel=1e-5, abs=1e-6), verdict
+    edited = judgement.verdicts[0]
+    assert edited.is_copy and edited.image_id == first_id
+    assert result.per_query_ranks[("none", "passive")][0] == edited.rank
+
+
+def test_query_batch_finds_the_edited_original_and_rejects_the_unrelated_photo(
+    indexed: Indexed, calibrated: Calibrated
+) -> None:
+    settings, defs, instance = indexed.settings, indexed.defs, indexed.instance
+    store, catalog = open_object_store(settings), Catalog.open(settings.database_url)
+    first_id = catalog.activations()[0].image_id
+    threshold = calibrated.threshold
 
     names = ["edited.jpg", "unrelated.png", "page.png", "empty.jpg"]
     for name, data in zip(names, [indexed.edited, indexed.unrelated, HTML, b""], strict=True):
@@ -300,10 +534,14 @@ def test_query_batch_finds_the_edited_original_and_rejects_the_unrelated_photo(
 
     metadata = outcome.asset_materializations_for_node("copy_detections")[0].metadata
     assert metadata["copies"].value == 1 and metadata["rejected"].value == 2
+    assert metadata["threshold_id"].value == threshold.id
+    assert metadata["tpr"].value == threshold.tpr and metadata["fpr_resolved"].value
     assert "**copy**" in metadata["verdicts"].value
     result_key = f"queries/results/{batch_id}/t{threshold.id:08d}.json"
     assert metadata["object_key"].value == store.uri(result_key)
     document = json.loads(store.get_bytes(result_key))
+    assert document["threshold"]["target_fpr"] == 0.01
+    assert document["threshold"]["tpr"] == threshold.tpr
     assert [v["is_copy"] for v in document["verdicts"]] == [
         verdicts[Path(v["query_key"]).name].is_copy for v in document["verdicts"]
     ]
@@ -321,6 +559,7 @@ def test_query_batch_finds_the_edited_original_and_rejects_the_unrelated_photo(
 
 def test_aindex_query_json_names_the_original_without_touching_the_inbox(
     indexed: Indexed,
+    calibrated: Calibrated,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -341,6 +580,10 @@ def test_aindex_query_json_names_the_original_without_touching_the_inbox(
     assert results["edited.jpg"]["is_copy"] and results["edited.jpg"]["image_id"] == first.id
     assert results["edited.jpg"]["source_key"] == first.source_key
     assert results["edited.jpg"]["score"] <= payload["threshold"]["value"]
+    assert payload["threshold"]["id"] == calibrated.threshold.id
+    assert payload["threshold"]["target_fpr"] == 0.01 and payload["threshold"]["resolved"]
+    assert payload["threshold"]["fpr"] == calibrated.threshold.fpr
+    assert "calibrated_now" not in payload["threshold"]
     assert not results["unrelated.png"]["is_copy"]
     assert results["notes.txt"]["reason"] and not results["notes.txt"]["is_copy"]
     assert payload["index_version"] == catalog.active_index_version().id
@@ -349,6 +592,9 @@ def test_aindex_query_json_names_the_original_without_touching_the_inbox(
     assert cli.main(["query", str(tmp_path / "edited.jpg")]) == 0
     text = capsys.readouterr().out
     assert f"COPY of image {first.id} ({first.source_key})" in text
+    assert text.startswith("copy when top-match score <= ") and "TPR " in text
+    assert "calibrated one first" not in text
+    assert len(catalog.copy_thresholds()) == 1
     with pytest.raises(SystemExit, match=r"nope\.jpg: no such file"):
         cli.main(["query", "nope.jpg"])
 
@@ -410,6 +656,20 @@ def test_query_sensor_and_job_on_s3_and_postgres(
         ids = hand_built_index(settings, small_photos(3))
         copy = Edit("jpeg", 50)(Image.open(io.BytesIO(small_photos(1)[0][1])).convert("RGB"))
         store.put_bytes(upload_key("copy.jpg", prefix=QUERY_INBOX_PREFIX), encode(copy, "JPEG"))
+        waiting = tick(defs, instance, query_sensor)  # served index, but no threshold yet
+        assert isinstance(waiting, dg.SkipReason) and "no copy threshold" in waiting.skip_message
+        # 6 negatives x 14 edits = 84 non-matching queries: too few to resolve 1%.
+        calibrated = dg.materialize(
+            [copy_threshold],
+            instance=instance,
+            resources=defs.resources,
+            run_config={"ops": {"copy_threshold": {"config": {"max_negatives": 6}}}},
+        )
+        assert calibrated.success
+        metadata = calibrated.asset_materializations_for_node("copy_threshold")[0].metadata
+        assert metadata["fpr_resolved"].value is False
+        assert "UNRESOLVED" in metadata["calibration"].value
+        assert "84 non-matching queries, fewer than the 100" in metadata["calibration"].value
         result = tick(defs, instance, query_sensor)
         for request in result.dynamic_partitions_requests:
             instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
@@ -417,9 +677,7 @@ def test_query_sensor_and_job_on_s3_and_postgres(
         outcome = defs.resolve_job_def(run.job_name).execute_in_process(
             instance=instance,
             partition_key=run.partition_key,
-            run_config=with_request_config(
-                {"ops": {"copy_detections": {"config": {"max_negatives": 6}}}}, run
-            ),
+            run_config=with_request_config({}, run),
         )
         assert outcome.success
     catalog = Catalog.open(settings.database_url)
@@ -428,7 +686,9 @@ def test_query_sensor_and_job_on_s3_and_postgres(
     assert verdicts["copy.jpg"].image_id == ids[small_photos(1)[0][0]]
     assert "HTML" in verdicts["early.png"].reason
     [threshold] = catalog.copy_thresholds()
-    assert threshold.reached and threshold.n_non_matching == 12
+    assert not threshold.resolved and threshold.n_non_matching == 84
+    assert threshold.fpr == 0.0 and threshold.target_fpr == 0.01
+    assert verdicts["copy.jpg"].threshold_id == threshold.id
     assert store.exists(f"queries/results/{run.partition_key}/t{threshold.id:08d}.json")
 
 

@@ -26,7 +26,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-INSTANCE_YAML = REPO / "dagster.yaml"
+INSTANCE_YAML = REPO / "deploy" / "dagster.yaml"
 WORKSPACE_YAML = REPO / "deploy" / "workspace.yaml"
 INITDB_SQL = REPO / "deploy" / "initdb.sql"
 
@@ -281,7 +281,7 @@ def test_no_literal_secrets_in_compose(compose, services, env_example):
             assert REQUIRED_REFERENCE.match(password), f"literal password in URL {text!r}"
     for key, value in env_example.items():
         if SECRET_NAME.search(key) or key == "MINIO_ROOT_USER":
-            assert value.startswith("change-me"), f".env.example {key} must be a placeholder"
+            assert value == "", f".env.example {key} must be empty: compose refuses it so"
 
 
 def test_dagster_services_get_every_variable_the_instance_config_reads(services):
@@ -326,7 +326,7 @@ def test_dockerfile_builds_a_non_root_cpu_image_with_the_instance_config(service
     env = dockerfile_env()
     assert env["DAGSTER_HOME"] == "/opt/dagster/dagster_home"
     destinations = {dest: sources for sources, dest in dockerfile_copies()}
-    assert destinations[f"{env['DAGSTER_HOME']}/dagster.yaml"] == ["dagster.yaml"]
+    assert destinations[f"{env['DAGSTER_HOME']}/dagster.yaml"] == ["deploy/dagster.yaml"]
     workspace_in_image = option_value(command_args(services["webserver"]), "-w", "--workspace")
     assert destinations[workspace_in_image] == ["deploy/workspace.yaml"]
     assert option_value(command_args(services["daemon"]), "-w", "--workspace") == workspace_in_image
@@ -476,3 +476,72 @@ def test_instance_opens_postgres_storage_and_round_trips_a_heartbeat(tmp_path, f
         assert instance.get_daemon_heartbeats()["SENSOR"].daemon_id == "deploy-test"
     finally:
         instance.dispose()
+
+
+class RequiredVariableMissing(Exception):
+    """What `docker compose` stops with: `required variable NAME is missing a value: ...`."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"required variable {name} is missing a value: {message}")
+        self.name = name
+
+
+COMPOSE_EXPRESSION = re.compile(
+    r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def compose_interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: `$$`, `$VAR`, `${VAR}`, `${VAR:-d}`, `${VAR-d}`, `${VAR:?e}`,
+    `${VAR?e}`, `${VAR:+r}`, `${VAR+r}` (with a colon, an empty value counts as unset)."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        operator, argument = match.group(2) or "", match.group(3) or ""
+        value = env.get(name)
+        unset = value is None or (operator.startswith(":") and value == "")
+        if operator.endswith("?") and unset:
+            raise RequiredVariableMissing(name, argument)
+        if operator.endswith("-") and unset:
+            return argument
+        if operator.endswith("+"):
+            return "" if unset else argument
+        return value or ""
+
+    return COMPOSE_EXPRESSION.sub(replace, text)
+
+
+def refused_variables(compose: dict[str, Any], env: dict[str, str]) -> set[str]:
+    """The variables `docker compose` would stop on with this .env (every one, not the first)."""
+    refused = set()
+    for text in string_leaves(compose):
+        while True:
+            try:
+                compose_interpolate(text, env)
+                break
+            except RequiredVariableMissing as missing:
+                refused.add(missing.name)
+                env = {**env, missing.name: "filled-in"}
+    return refused
+
+
+def test_an_unedited_copy_of_env_example_is_refused_by_compose(compose, env_example):
+    credentials = {name for name in env_example if SECRET_NAME.search(name)}
+    credentials.add("MINIO_ROOT_USER")
+    assert {"DAGSTER_PG_PASSWORD", "MINIO_ROOT_PASSWORD", "AINDEX_S3_SECRET_KEY"} <= credentials
+    # `cp .env.example .env && docker compose up`: stopped, naming each credential.
+    assert refused_variables(compose, env_example) == credentials
+    # Every credential filled in: compose starts, and the values reach the services.
+    filled = {
+        **env_example,
+        **{name: f"{name.lower()}-{os.urandom(4).hex()}" for name in credentials},
+    }
+    assert refused_variables(compose, filled) == set()
+    user_code = compose["services"]["user_code"]["environment"]
+    url = compose_interpolate(user_code["AINDEX_DATABASE_URL"], filled)
+    assert url == (
+        f"postgresql+psycopg2://dagster:{filled['DAGSTER_PG_PASSWORD']}@postgres:5432/aindex"
+    )
+    assert compose_interpolate("$${HOME} ${AINDEX_IMAGE_TAG:-latest}", {}) == "${HOME} latest"

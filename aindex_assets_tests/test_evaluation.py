@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from aindex_assets.lib.copydetection import TopMatch, reranked_top_match
 from aindex_assets.lib.edits import Edit
-from aindex_assets.lib.evaluation import evaluate_robustness
+from aindex_assets.lib.evaluation import evaluate_robustness, tpr_resolved
 
 
 def solid(rgb: tuple[int, int, int]) -> Image.Image:
@@ -108,7 +109,8 @@ def test_auto_edit_is_the_same_for_both_variants_and_reproducible():
     seen.clear()
     evaluate_robustness(images, images, IDS, recording_embed, exact_l2, edits=auto, seed=4)
     assert not np.array_equal(seen[0], passive_vectors)
-    assert run.row("auto", "passive") == run.row("auto", "active") | {"variant": "passive"}
+    same = run.row("auto", "active") | {"variant": "passive"}
+    assert json.dumps(run.row("auto", "passive")) == json.dumps(same)  # NaN: no negatives
 
 
 def test_batches_give_the_same_result(result):
@@ -157,3 +159,82 @@ def test_pooled_curve_merges_every_edit_and_the_negatives(result):
     assert result.pooled_curve("active").average_precision() > pooled.average_precision()
     with pytest.raises(KeyError):
         result.pooled_curve("nothing")
+
+
+# With the re-rank: 10 and 12 are the catalog images (their original descriptors known),
+# 11 and 13 have none (distractors). Negatives: blue, which only finds distractor 13 and so
+# has no catalog match, and a dark red (0.6) whose re-ranked top match is 10.
+ORIGINALS = {10: DB[0], 12: DB[2]}
+RERANK_NEGATIVES = [solid((0, 0, 204)), solid((153, 0, 0))]
+
+
+def exact_rerank(queries: np.ndarray, ids: np.ndarray) -> list[TopMatch | None]:
+    pairs = zip(queries, ids, strict=True)
+    return [reranked_top_match(query, row, ORIGINALS, 1 << 62) for query, row in pairs]
+
+
+@pytest.fixture(scope="module")
+def reranked():
+    return evaluate_robustness(
+        PASSIVE,
+        ACTIVE,
+        IDS,
+        mean_colour,
+        exact_l2,
+        edits=EDITS,
+        k=2,
+        negatives=RERANK_NEGATIVES,
+        rerank=exact_rerank,
+    )
+
+
+def test_reranked_copy_detection_is_one_prediction_per_query_on_its_top_match(reranked):
+    # Passive, by squared distance to the original: none: q0 -> 10 at 0, q1 -> 12 at 0, dark
+    # red -> 10 at 0.04 (a false positive); brightness: q0 -> 10 at 0.16 (rank 1 in the
+    # index: the distractor 11 came first), q1 -> 12 at 0.16, dark red -> 10 at 0.25.
+    # Blue never finds a catalog image: no prediction. Pooled, T T F T T F over 4 pairs.
+    assert reranked.reranked
+    none = reranked.top_matches[("none", "passive")]
+    assert [(m.image_id, m.rank) for m in none] == [(10, 0), (12, 0)]
+    assert none[0].score == pytest.approx(0.0, abs=1e-9)
+    bright = reranked.top_matches[("brightness_0.5", "passive")]
+    assert [(m.image_id, m.rank) for m in bright] == [(10, 1), (12, 0)]
+    assert bright[0].score == pytest.approx(0.16)
+    blue, red = reranked.negative_top_matches["brightness_0.5"]
+    assert blue is None and red.image_id == 10 and red.score == pytest.approx(0.252, abs=2e-3)
+    assert reranked.row("none", "passive")["micro_ap"] == 1.0
+    assert len(reranked.pr_curves[("none", "passive")].precision) == 3  # 3 queries matched
+    pooled = reranked.pooled_curve("passive")
+    assert pooled.average_precision() == pytest.approx((1 + 1 + 3 / 4 + 4 / 5) / 4)
+
+
+def test_tpr_at_fixed_fpr_per_edit_and_pooled(reranked):
+    # Per edit, 2 negatives: 1% lets none through, the dark red's 0.04 (none) and 0.25
+    # (brightness) are refused, every passive copy passes.
+    row = reranked.row("brightness_0.5", "passive")
+    assert row["tpr_at_fpr_0.01"] == 1.0 and row["tpr_at_fpr_0.001"] == 1.0
+    assert not tpr_resolved(row, 0.01) and tpr_resolved({"n_negatives": 100}, 0.01)
+    # Pooled: 4 negatives, threshold just inside 0.04: the two unedited copies pass.
+    point = reranked.pooled_operating_point("passive", 0.01)
+    assert (point.n_matching, point.n_non_matching) == (4, 4)
+    assert point.tpr == 0.5 and point.fpr == 0.0 and not point.resolved
+    assert 0.0 < point.threshold < 0.04
+    quarter = reranked.pooled_operating_point("passive", 0.25)  # one negative may pass
+    assert quarter.resolved and quarter.fpr == 0.25 and quarter.tpr == 0.5
+    assert quarter.threshold == pytest.approx((0.04 + 0.252) / 2, abs=2e-3)
+    assert reranked.average("passive")["tpr_at_fpr_0.01"] == 1.0
+    with pytest.raises(KeyError):
+        reranked.pooled_operating_point("nothing", 0.01)
+    table = reranked.to_markdown().splitlines()
+    assert "passive μAP | active μAP | passive TPR@1%FPR | active TPR@1%FPR" in table[0]
+    assert "TPR@0.1%FPR" in table[0]
+
+
+def test_without_rerank_the_top_match_is_the_first_result(result):
+    assert not result.reranked
+    # "none", passive: the negative's first result is distractor 13 at distance 0.
+    [negative] = result.negative_top_matches["none"]
+    assert negative.image_id == 13 and negative.score == pytest.approx(0.0, abs=1e-6)
+    assert result.top_matches[("brightness_0.5", "passive")][0].image_id == 11
+    # So nothing passes at 1% FPR: the negative ties the unedited copies.
+    assert result.row("none", "passive")["tpr_at_fpr_0.01"] == 0.0

@@ -136,12 +136,15 @@ def proposed(result: dg.SensorResult, op_name: str) -> list[str]:
 
 
 def serve_an_index(catalog: Catalog) -> None:
-    """Just enough catalog for the query sensor to run: an active version and its served index."""
+    """Just enough catalog for the query sensor to run: a served index and its threshold."""
     identity = "ab" * 32
     catalog.upsert_extractor(identity, "test", 4, 32)
     version = catalog.create_index_version("Flat", "ip", 4, identity, 0, object_key="t.faiss")
     catalog.activate_index_version(version)
-    catalog.set_served_index(version, "s.faiss", 0, [])
+    served = catalog.set_served_index(version, "s.faiss", 0, [])
+    catalog.record_copy_threshold(
+        version, served, "ip", 10, 1, 0.01, 0.5, True, 1.0, 0.0, 1.0, 1, 100
+    )
 
 
 @dg.op

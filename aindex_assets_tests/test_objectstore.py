@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from minio.error import S3Error
 
 from aindex_assets.settings import Settings
-from aindex_assets.storage import keys
+from aindex_assets.storage import keys, objectstore
 from aindex_assets.storage.devservers import free_ports
 from aindex_assets.storage.keys import InvalidKey, safe_name, validate_key
 from aindex_assets.storage.objectstore import (
@@ -24,8 +28,10 @@ from aindex_assets.storage.objectstore import (
     CredentialsRejected,
     LocalObjectStore,
     ObjectNotFound,
+    ObjectStoreError,
     S3ObjectStore,
     StoreUnreachable,
+    StoreWriteFailed,
     open_object_store,
 )
 from aindex_assets_tests.servers import s3_store_for
@@ -333,3 +339,116 @@ def test_key_builders_derive_from_hashes_and_ids():
             keys.shard_key(1, bad)
     with pytest.raises(ValueError):
         keys.original_key("../../" + digest, "png")
+
+
+# ---------------------------------------------------------------- a full disk, a full server
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path | None]:
+    """A 256 KiB tmpfs (root can mount one); None where mounting is not allowed."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)]
+    try:
+        mounted = subprocess.run(mount, capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        mounted = False
+    try:
+        yield folder if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True, timeout=30)
+
+
+def fill_disk_on_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no tmpfs can be mounted: every file the store writes fails as a full disk does."""
+    real_open = open
+
+    class FullFile(io.FileIO):
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def opener(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        return FullFile(path, mode) if "w" in mode else real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(objectstore, "open", opener, raising=False)
+
+
+def test_full_disk_names_the_store_the_key_and_the_reason(
+    tiny_disk: Path | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalObjectStore((tiny_disk or tmp_path) / "objects")
+    store.put_bytes("inbox/small.jpg", b"fits")
+    if tiny_disk is None:
+        fill_disk_on_write(monkeypatch)
+    with pytest.raises(StoreWriteFailed) as caught:
+        store.put_bytes("inbox/big.jpg", os.urandom(MB))
+    message = str(caught.value)
+    assert message == (
+        f"local folder {store.root}: cannot write 'inbox/big.jpg': "
+        "no space left on the device (ENOSPC)"
+    )
+    assert caught.value.errno == errno.ENOSPC and isinstance(caught.value, ObjectStoreError)
+    assert not store.exists("inbox/big.jpg")
+    assert [i.key for i in store.list("")] == ["inbox/small.jpg"]
+    leftovers = [p.name for p in store.root.rglob("*") if p.is_file()]
+    assert not [name for name in leftovers if name.startswith(".aindex-tmp-")]
+
+
+def test_write_errors_at_fsync_and_permissions_are_named_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalObjectStore(tmp_path / "objects")
+
+    def no_room(fd: int) -> None:
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(objectstore.os, "fsync", no_room)
+        with pytest.raises(StoreWriteFailed, match=r"cannot write 'a/b.bin': disk quota exceeded"):
+            store.put_bytes("a/b.bin", b"x")
+    assert not store.exists("a/b.bin")
+    if os.geteuid() != 0:  # root writes into a read-only folder anyway
+        (tmp_path / "objects" / "ro").mkdir()
+        (tmp_path / "objects" / "ro").chmod(0o500)
+        with pytest.raises(StoreWriteFailed, match="permission denied"):
+            store.put_bytes("ro/x.bin", b"x")
+
+
+def test_get_file_onto_a_full_disk_names_the_target_and_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalObjectStore(tmp_path / "objects")
+    store.put_bytes("index/v1.faiss", b"x" * 1000)
+    fill_disk_on_write(monkeypatch)
+    target = tmp_path / "scratch" / "v1.faiss"
+    with pytest.raises(StoreWriteFailed) as caught:
+        store.get_file("index/v1.faiss", target)
+    assert str(caught.value) == (
+        f"cannot write {target} (a copy of 'index/v1.faiss' from {store.describe()}): "
+        "no space left on the device (ENOSPC)"
+    )
+
+
+def test_a_read_error_of_the_source_is_not_reported_as_a_full_store(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "objects")
+    with pytest.raises(ConnectionResetError):
+        store.put_stream("a.bin", FailingStream(b"x" * 100, fail_after=10))
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("XMinioStorageFull", "no space left on the server"),
+        ("XMinioAdminBucketQuotaExceeded", "bucket quota exceeded"),
+    ],
+)
+def test_a_full_s3_server_names_the_bucket_the_key_and_the_reason(code: str, reason: str) -> None:
+    store = S3ObjectStore("http://127.0.0.1:1", "key", "secret", "photos")
+    error = S3Error(None, code, "Storage backend has reached its limit", "/photos/k", "r", "h")
+    translated = store._translate(error, "inbox/a.jpg")
+    assert isinstance(translated, StoreWriteFailed)
+    assert str(translated).startswith(
+        f"S3 bucket 'photos' at http://127.0.0.1:1: cannot write 'inbox/a.jpg': {reason} ({code}"
+    )

@@ -34,7 +34,9 @@ from aindex_assets_tests.test_evaluation import (
     IDS,
     NEGATIVES,
     PASSIVE,
+    RERANK_NEGATIVES,
     exact_l2,
+    exact_rerank,
     mean_colour,
 )
 
@@ -90,6 +92,24 @@ def payload() -> dict:
 
 
 @pytest.fixture(scope="module")
+def reranked_payload() -> dict:
+    """As the pipeline builds it: copy detection on the re-ranked top match."""
+    result = evaluate_robustness(
+        PASSIVE,
+        ACTIVE,
+        IDS,
+        mean_colour,
+        exact_l2,
+        edits=EDITS,
+        k=2,
+        negatives=RERANK_NEGATIVES,
+        rerank=exact_rerank,
+    )
+    built = build_payload(result, audit(), quality_section(QUALITY), EDITS)
+    return with_files(json.loads(json.dumps(built, allow_nan=False)))
+
+
+@pytest.fixture(scope="module")
 def figures(payload: dict) -> dict[str, bytes]:
     return report_figures(payload, [(10, PASSIVE[0], ACTIVE[0]), (12, PASSIVE[1], ACTIVE[1])])
 
@@ -120,6 +140,68 @@ def test_copy_detection_and_audit_in_the_document(payload: dict) -> None:
     assert payload["audit"]["package"]["version"]  # the installed distribution's version
     assert (payload["index_version"], payload["factory"], payload["k"]) == (3, "Flat", 2)
     assert [e["name"] for e in payload["edits"]] == ["none", "brightness_0.5"]
+    assert payload["schema_version"] == 3
+    assert payload["audit"]["evaluation"]["copy_detection_score"] == "index"
+    # Without the re-rank a query's top match is its first result: the negative's is the
+    # distractor 13 at distance 0, which ties the unedited copies, so nothing passes.
+    points = {p["target_fpr"]: p for p in passive["operating_points"]}
+    assert sorted(points) == [0.001, 0.01]
+    assert points[0.01] | {"threshold": None} == {
+        "target_fpr": 0.01, "tpr": 0.0, "fpr": 0.0, "threshold": None, "resolved": False,
+        "n_matching": 4, "n_non_matching": 2,
+    }  # fmt: skip
+
+
+def test_reranked_document_scores_the_top_match_and_shows_tpr_at_fixed_fpr(
+    reranked_payload: dict,
+) -> None:
+    jsonschema.validate(reranked_payload, load_schema())
+    assert reranked_payload["audit"]["evaluation"]["copy_detection_score"] == "reranked"
+    passive = reranked_payload["copy_detection"]["passive"]
+    # The hand-made case of test_evaluation.py: T T F T T F pooled over 4 pairs.
+    assert passive["micro_ap"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 5) / 4)
+    assert passive["predictions"] == 6  # one per query with a catalog match
+    one = passive["operating_points"][0]
+    assert (one["target_fpr"], one["tpr"], one["fpr"], one["resolved"]) == (0.01, 0.5, 0.0, False)
+    assert (one["n_matching"], one["n_non_matching"]) == (4, 4)
+    row = reranked_payload["result"]["rows"][2]
+    assert (row["edit"], row["variant"]) == ("brightness_0.5", "passive")
+    assert row["tpr_at_fpr_0.01"] == 1.0
+    text = report_markdown(reranked_payload)
+    assert "| variant | μAP | TPR @ 1% FPR | TPR @ 0.1% FPR | recall @ P90 |" in text
+    assert "| passive | 0.887 | 0.500* | 0.500* | 0.500 |" in text
+    assert "not resolved at FPR 1% (passive, active): 4 non-matching queries" in text
+    assert "needs at least 100" in text and "needs at least 1000" in text
+    assert "copy-detection score**: top match re-ranked on the original descriptors" in text
+    page = render_html(reranked_payload, {})
+    assert "<th>TPR at 1% FPR</th><th>TPR at 0.1% FPR</th>" in page
+    assert "<td>passive</td><td>0.887</td><td>0.500*</td><td>0.500*</td>" in page
+    assert '<p class="note">* not resolved at FPR 0.1%' in page
+    assert "<th>passive TPR@1%FPR</th>" in page  # per edit, in the recall table
+
+
+def schema_2(payload: dict) -> dict:
+    """The document as schema 2 wrote it: no operating points, TPRs or score kind."""
+    old = json.loads(json.dumps(payload))
+    old["schema_version"] = 2
+    for section in old["copy_detection"].values():
+        del section["operating_points"]
+    for row in [*old["result"]["rows"], *old["result"]["average"].values()]:
+        for key in ("tpr_at_fpr_0.01", "tpr_at_fpr_0.001"):
+            row.pop(key, None)
+    del old["audit"]["evaluation"]["copy_detection_score"]
+    return old
+
+
+def test_schema_2_documents_stay_readable(reranked_payload: dict) -> None:
+    old = schema_2(reranked_payload)
+    text = report_markdown(old)
+    assert "| passive | 0.887 | – | – | 0.500 |" in text
+    assert "not resolved" not in text
+    assert "copy-detection score**: the index's own scores" in text
+    compared = compare_markdown(old, reranked_payload)
+    assert "| copy-detection score ≠ |" in compared
+    assert "| **pooled TPR@1%FPR** | – | – | 0.500* |" in compared
 
 
 def test_document_validates_against_the_shipped_schema(payload: dict) -> None:

@@ -6,11 +6,13 @@ report: packaged negatives), then `robustness_report` alone once more with photo
 UI test can serve it with `dagster-webserver`.
 """
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +124,17 @@ def test_report_documents_rows_and_files(materialized: Materialized) -> None:
         f"skimage/{name}" for name in NEGATIVE_PHOTOS[:2]
     ]
     assert first["result"]["rows"][0]["n_negatives"] == 2
+    # Copy detection as `aindex query` scores it, with the TPR at 1% and 0.1% FPR: 2
+    # negatives x 15 edits = 30 non-matching queries, too few to resolve either rate.
+    assert first["schema_version"] == 3
+    assert first["audit"]["evaluation"]["copy_detection_score"] == "reranked"
+    for variant in ("passive", "active"):
+        points = first["copy_detection"][variant]["operating_points"]
+        assert [p["target_fpr"] for p in points] == [0.01, 0.001]
+        assert all(not p["resolved"] and p["n_non_matching"] == 30 for p in points)
+        assert all(p["n_matching"] == 3 * len(PAPER_EDITS) for p in points)
+        assert all(0.0 <= p["tpr"] <= 1.0 and p["fpr"] == 0.0 for p in points)
+    assert {"tpr_at_fpr_0.01", "tpr_at_fpr_0.001"} <= set(first["result"]["rows"][0])
     assert second["audit"]["negatives"]["source"] == "store"
     assert [i["name"] for i in second["audit"]["negatives"]["items"]] == ["negatives/camera.png"]
     assert (first["seed"], second["seed"]) == (0, 1)
@@ -140,7 +153,13 @@ def test_materialization_metadata_embeds_small_figures(materialized: Materialize
     assert len(uris) == 4
     assert all(len(uri) * 3 / 4 < 100_000 for uri in uris)
     assert "| **average** |" in metadata["table"].value
+    assert "TPR@1%FPR" in metadata["table"].value
     assert metadata["html_report"].value.endswith(".html")
+    for variant in ("passive", "active"):
+        assert 0.0 <= metadata[f"tpr_at_fpr_0.01_{variant}"].value <= 1.0
+        assert 0.0 <= metadata[f"tpr_at_fpr_0.001_{variant}"].value <= 1.0
+    assert "| variant | μAP | TPR @ 1% FPR | TPR @ 0.1% FPR |" in metadata["copy_detection"].value
+    assert "not resolved at FPR 1% (passive, active)" in metadata["copy_detection"].value
 
 
 def test_cli_report_views(materialized: Materialized, cli_env: Path, capsys) -> None:
@@ -152,6 +171,8 @@ def test_cli_report_views(materialized: Materialized, cli_env: Path, capsys) -> 
     assert cli.main(["report", materialized.batch]) == 0
     text = capsys.readouterr().out
     assert f"# Robustness report {second['report_id']}" in text and "| PSNR (dB) |" in text
+    assert "| variant | μAP | TPR @ 1% FPR | TPR @ 0.1% FPR | recall @ P90 |" in text
+    assert "copy-detection score**: top match re-ranked on the original descriptors" in text
     assert cli.main(["report", str(first["report_id"]), "--html", str(cli_env / "r.html")]) == 0
     assert "<table" in (cli_env / "r.html").read_text()
     assert cli.main(["report", "--compare", str(first["report_id"]), materialized.batch]) == 0
@@ -259,13 +280,30 @@ def test_dagster_ui_shows_the_report(materialized: Materialized, tmp_path: Path)
             loaded = page.wait_for(f"[...{images_js}].every(i => i.complete && i.naturalWidth)")
             pixels = page.screenshot(tmp_path / "ui-figures.png")
     finally:
+        # The webserver's code server (`dagster api grpc`, about 1 GB once torch is loaded)
+        # outlives it by up to a minute, orphaned: end the whole group, then make sure.
         os.killpg(server.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)
-    assert [cells[i] for i in range(0, len(cells), 9)] == [*SECOND, "average"]
-    assert len(cells) == (len(SECOND) + 1) * 9  # edit + 2 variants x 4 metrics
+        server.wait(timeout=30)
+
+        def group_alive() -> list[str]:
+            alive = []
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+                    if int(group) == server.pid and state not in "ZX":
+                        alive.append(stat.parent.name)
+            return alive
+
+        deadline = time.monotonic() + 10  # SIGKILLed: gone within moments
+        while group_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not group_alive(), f"the webserver's processes survived: {group_alive()}"
+    assert [cells[i] for i in range(0, len(cells), 13)] == [*SECOND, "average"]
+    assert len(cells) == (len(SECOND) + 1) * 13  # edit + 2 variants x (4 metrics + 2 TPRs)
     assert images == 4 and loaded
     assert distinct_colours(pixels) > 64 and pixels.std() > 5
 

@@ -8,6 +8,7 @@ PNGs in S3 and the rows in PostgreSQL. Every process it starts is stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,12 +119,29 @@ def test_daemon_sensor_activates_uploads_on_postgres_and_s3(
             daemon,
         )
     finally:
+        # The daemon's code server (`dagster api grpc`, about 1 GB once torch is loaded) and
+        # run workers outlive it, orphaned: end the whole group, then make sure.
         os.killpg(daemon.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=30)
         log.close()
+
+        def group_alive() -> list[str]:
+            alive = []
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+                    if int(group) == daemon.pid and state not in "ZX":
+                        alive.append(stat.parent.name)
+            return alive
+
+        deadline = time.monotonic() + 10  # SIGKILLed: gone within moments
+        while group_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not group_alive(), f"the daemon's processes survived: {group_alive()}"
 
     activations = catalog.activations()
     assert len(activations) == len(photos)

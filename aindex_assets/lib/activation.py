@@ -42,7 +42,7 @@ from PIL import Image
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.extractors import IMAGENET_STD, Extractor
 from aindex_assets.lib.images import pil_to_tensor
-from aindex_assets.lib.metrics import linf, psnr, ssim
+from aindex_assets.lib.metrics import ssim
 from aindex_assets.lib.perceptual import jnd_heatmap
 
 LUMA = (0.299, 0.587, 0.114)
@@ -142,12 +142,21 @@ def activate(
     params: ActivationParams | None = None,
     original_features: np.ndarray | None = None,
     database: faiss.Index | None = None,
+    *,
+    own_ids: np.ndarray | None = None,
+    generator: torch.Generator | None = None,
 ) -> list[ActivationResult]:
     """Activate images for `index` (see the module docstring); results in input order.
 
     `images`: PIL images or float (3,H,W) tensors in [0,1], any sizes. `original_features`:
     the descriptors the index stores for them (computed here when absent). `database`: the
     index holding other images' codes, searched for competitors (default: `index` itself).
+
+    A caller that activates one batch in several calls (chunks, to bound memory) passes
+    what one call would have shared: `database` already holding the whole batch's codes
+    (`with_own_codes`) with `own_ids` the ids of these images' codes there, and one
+    `generator` (`noise_generator`) for all the calls. The results are then those of a
+    single call whose internal batches were the chunks.
     """
     params = params or ActivationParams()
     device = extractor.device
@@ -157,12 +166,17 @@ def activate(
     features = faiss_index.as_matrix(original_features, extractor.dim, "original_features")
     if len(features) != len(pixels):
         raise ValueError(f"{len(features)} original features for {len(pixels)} images")
-    # The batch's own codes join the database: they compete with each other, and the
-    # unedited release must find its own code first (checked after optimisation).
-    searched, own_ids = with_own_codes(database if database is not None else index, features)
+    if own_ids is None:
+        # The batch's own codes join the database: they compete with each other, and the
+        # unedited release must find its own code first (checked after optimisation).
+        searched, own_ids = with_own_codes(database if database is not None else index, features)
+    else:
+        if database is None or len(own_ids) != len(features):
+            raise ValueError("own_ids: one id per image, of codes already in `database`")
+        searched, own_ids = database, np.asarray(own_ids, dtype=np.int64)
     goals = build_goals(index, features, params, searched, device)
     passive_ranks = own_code_ranks(searched, features, own_ids, params.nprobe)
-    generator = torch.Generator(device="cpu").manual_seed(params.seed)
+    generator = generator if generator is not None else noise_generator(params.seed)
     results: list[ActivationResult] = []
     for batch in plan_batches(pixels, params):
         originals = [pixels[i] for i in batch]
@@ -210,12 +224,21 @@ def embed_each(extractor: Extractor, pixels: Sequence[torch.Tensor]) -> np.ndarr
         return extractor.embed_resized(resized).cpu().numpy()
 
 
+def noise_generator(seed: int) -> torch.Generator:
+    """The random stream of the initial perturbations (one per `activate` call, or shared)."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
 def plan_batches(pixels: Sequence[torch.Tensor], params: ActivationParams) -> Iterator[list[int]]:
     """Consecutive batches bounded by image count and total pixels (one image always fits)."""
+    return plan_chunks([image.shape[1] * image.shape[2] for image in pixels], params)
+
+
+def plan_chunks(sizes: Sequence[int], params: ActivationParams) -> Iterator[list[int]]:
+    """`plan_batches` from pixel counts alone: what a caller plans before decoding anything."""
     batch: list[int] = []
     total = 0
-    for i, image in enumerate(pixels):
-        size = image.shape[1] * image.shape[2]
+    for i, size in enumerate(sizes):
         if batch and (
             len(batch) == params.batch_size or total + size > params.max_pixels_per_batch
         ):
@@ -408,10 +431,10 @@ class GridCanvas(Canvas):
         self.weight = torch.zeros_like(self.original)
         for i, (p, g) in enumerate(zip(pixels, self.grids, strict=True)):
             h, w = self.shapes[i]
-            # The heatmap needs each pixel's neighbours: computed at full size, then sampled.
-            full_amplitude = amplitude(p, params)[0]
+            # The heatmap needs each pixel's neighbours: computed at full size (strip by
+            # strip), then sampled.
             self.original[i, :, :h, :w] = p[:, g.rows][:, :, g.cols]
-            self.amplitude[i, :, :h, :w] = full_amplitude[:, g.rows][:, :, g.cols]
+            self.amplitude[i, :, :h, :w] = sampled_amplitude(p, params, g.rows, g.cols)
             self.weight[i, :, :h, :w] = (self.amplitude[i, :, :h, :w] / std) ** 2 / p.numel()
         self.originals, self.amplitudes, self.weights = (
             [self.original],
@@ -528,7 +551,12 @@ def embed_released(extractor: Extractor, released: Sequence[np.ndarray]) -> np.n
         resized = torch.cat(
             [
                 extractor.resize(
-                    torch.from_numpy(r).to(extractor.device).permute(2, 0, 1)[None].float() / 255.0
+                    # In place: one full-resolution float copy, not two.
+                    torch.from_numpy(r)
+                    .to(extractor.device)
+                    .permute(2, 0, 1)[None]
+                    .float()
+                    .div_(255.0)
                 )
                 for r in released
             ]
@@ -575,18 +603,110 @@ def within_psnr_floor(
     """
     before = to_uint8(original) if before is None else before
     for _ in range(attempts):
-        current = psnr(before, to_uint8(activated))
+        current = psnr_8bit(before, to_uint8(activated))
         if current >= floor_db:
             return activated
         shrink = 10 ** ((current - floor_db - 0.1) / 20)
-        activated = (original + shrink * (activated - original)).clamp(0.0, 1.0)
+        # original + shrink * (activated - original), in place on one full-size temporary.
+        activated = (activated - original).mul_(shrink).add_(original).clamp_(0.0, 1.0)
     return original.clone()
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """(3,H,W) in [0,1] -> HxWx3 uint8, rounding to nearest."""
-    array = pixels.detach().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
-    return array.permute(1, 2, 0).cpu().numpy()
+    """(3,H,W) in [0,1] -> HxWx3 uint8, rounding to nearest (strip by strip: the float
+    temporaries never cover a whole large image)."""
+    height, width = pixels.shape[1], pixels.shape[2]
+    out = np.empty((height, width, 3), np.uint8)
+    for start, stop in row_strips(height):
+        strip = pixels[:, start:stop].detach().clamp(0.0, 1.0).mul(255.0).round()
+        out[start:stop] = strip.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return out
+
+
+# Rows per strip when a full-resolution image is measured, rounded or its heatmap sampled.
+# Measured per pixel of a whole image, SSIM's float64 temporaries take about 130 bytes, the
+# L-inf and PSNR differences 40-60 and the JND heatmap 50: a 49 Mpx image needed 10 GB at
+# once. Strip by strip they cover STRIP_ROWS rows (a few MB to 250 MB), whatever the size.
+STRIP_ROWS = 256
+# Gaussian SSIM window (sigma 1.5, truncated at 3.5 sigma): 5 rows of context each side.
+SSIM_RADIUS = 5
+# The JND heatmap's widest kernel (the 5x5 luminance background): 2 rows each side.
+HEATMAP_RADIUS = 2
+
+
+def row_strips(height: int, rows: int = STRIP_ROWS) -> Iterator[tuple[int, int]]:
+    """[start, stop) row ranges of at most `rows` rows covering [0, height)."""
+    for start in range(0, height, rows):
+        yield start, min(height, start + rows)
+
+
+def sampled_amplitude(
+    pixels: torch.Tensor,
+    params: ActivationParams,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    strip_rows: int = STRIP_ROWS,
+) -> torch.Tensor:
+    """`amplitude(pixels)[0]` at the sampled rows x cols (3,len(rows),len(cols)).
+
+    Computed strip by strip, each strip read with HEATMAP_RADIUS rows of context above and
+    below (so that every kept row sees its real neighbours, and the image border the same
+    padding as in one piece), never on the whole image at once.
+    """
+    height = pixels.shape[1]
+    if height <= strip_rows:
+        return amplitude(pixels, params)[0][:, rows][:, :, cols]
+    parts = []
+    for start, stop in row_strips(height, strip_rows):
+        kept = rows[(rows >= start) & (rows < stop)]
+        if len(kept) == 0:
+            continue
+        low, high = max(0, start - HEATMAP_RADIUS), min(height, stop + HEATMAP_RADIUS)
+        strip = amplitude(pixels[:, low:high], params)[0]
+        parts.append(strip[:, kept - low][:, :, cols])
+    return torch.cat(parts, dim=1)
+
+
+def psnr_8bit(before: np.ndarray, after: np.ndarray, strip_rows: int = STRIP_ROWS) -> float:
+    """`lib.metrics.psnr` of two 8-bit HxWx3 images, exactly, strip by strip (squared errors
+    summed as integers, so the mean is the same float as over the whole image)."""
+    if before.shape != after.shape:
+        raise ValueError(f"images differ in shape: {before.shape} vs {after.shape}")
+    squared = 0
+    for start, stop in row_strips(before.shape[0], strip_rows):
+        diff = before[start:stop].astype(np.int64) - after[start:stop]
+        squared += int(np.dot(diff.ravel(), diff.ravel()))
+    if squared == 0:
+        return float("inf")
+    return 10.0 * float(np.log10(255.0**2 / (squared / before.size)))
+
+
+def linf_8bit(before: np.ndarray, after: np.ndarray, strip_rows: int = STRIP_ROWS) -> float:
+    """`lib.metrics.linf` of two 8-bit images, strip by strip."""
+    largest = 0
+    for start, stop in row_strips(before.shape[0], strip_rows):
+        diff = np.abs(before[start:stop].astype(np.int16) - after[start:stop])
+        largest = max(largest, int(diff.max(initial=0)))
+    return float(largest)
+
+
+def ssim_8bit(before: np.ndarray, after: np.ndarray, strip_rows: int = STRIP_ROWS) -> float:
+    """`lib.metrics.ssim` of two 8-bit HxWx3 images, strip by strip.
+
+    SSIM is the mean of a per-pixel map over the image less SSIM_RADIUS pixels at each
+    border; the map at a pixel reads SSIM_RADIUS rows of context each side. Each strip is
+    measured with that context, so it covers exactly its own rows of the map, and the
+    strips' means weighted by their rows give the whole image's mean.
+    """
+    height = before.shape[0]
+    interior = height - 2 * SSIM_RADIUS
+    if height <= strip_rows + 2 * SSIM_RADIUS or interior < 1:
+        return ssim(before, after)
+    total = 0.0
+    for start, stop in row_strips(interior, strip_rows):
+        low, high = start, stop + 2 * SSIM_RADIUS  # map rows [start, stop) + SSIM_RADIUS
+        total += ssim(before[low:high], after[low:high]) * (stop - start)
+    return total / interior
 
 
 def measure(
@@ -603,9 +723,9 @@ def measure(
     after = torch.from_numpy(feature_after).to(target.device)
     result = ActivationResult(
         image=released,
-        psnr=psnr(before, released),
-        ssim=ssim(before, released) if min(released.shape[:2]) >= 11 else float("nan"),
-        linf=linf(before, released),
+        psnr=psnr_8bit(before, released),
+        ssim=ssim_8bit(before, released) if min(released.shape[:2]) >= 11 else float("nan"),
+        linf=linf_8bit(before, released),
         distance_before=float(((y - target) ** 2).sum()),
         distance_after=float(((after - target) ** 2).sum()),
     )

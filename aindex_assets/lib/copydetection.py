@@ -1,4 +1,5 @@
-"""Copy detection decisions: the top catalog match of a query and a calibrated threshold.
+"""Copy detection decisions: the top catalog match of a query and a threshold set for a
+target false-positive rate.
 
 A query is searched in the served index; its *top match* is the best-scored result among
 the top k whose id is a catalog image (ids at or above `distractor_base` stand for the
@@ -11,31 +12,32 @@ product, higher is better).
 
 The threshold is calibrated on two sets of queries whose truth is known: matching
 queries (edited copies of indexed images, each with the id of its original) and
-non-matching queries (edited images known not to be in the index). Every query with a
-catalog match contributes one prediction (query, top match id, score); the predictions
-are pooled into the ISC 2021 precision-recall curve of `lib.metrics` (a matching query
-whose top match is the wrong image counts as a false positive; matching queries that
-found nothing lower recall). The threshold is the loosest score at which precision on
-this pool is still at least the target (default 90%), placed halfway to the next,
-rejected, prediction. When no score reaches the target (the very first prediction is a
-false one), or there are no matching queries, it falls back to a conservative threshold
-just inside the closest non-matching score, so that no calibration non-match would be
-declared a copy, and says so in `note`.
+non-matching queries (edited images known not to be in the index). It is set for a
+target FALSE-POSITIVE RATE (default 1%) on the non-matching queries: the loosest score
+that declares at most that share of them copies (`threshold_for_fpr`). The true-positive
+rate (share of matching queries whose top match is their own original and passes) and
+the false-positive rate are then measured at that threshold (`operating_point`). Unlike
+precision, neither depends on the mix of copies and non-copies a deployment will see.
 
-Precision depends on the mix: it is measured on this pool, whose sizes are reported.
+A rate below 1/n cannot be resolved with n non-matching queries: the threshold then lets
+no calibration non-match through and `resolved` is False. When fewer non-matching
+queries found any catalog image than the rate lets through, the non-matches set no bound;
+`calibrate_for_fpr` then falls back to the loosest correct calibration match (at an exact
+match when there is none), never to an infinite threshold. Both cases are said in `note`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from aindex_assets.lib.metrics import precision_recall_curve
-
-DEFAULT_TARGET_PRECISION = 0.9
+DEFAULT_TARGET_FPR = 0.01
+# The operating points every robustness report shows beside micro-AP.
+REPORT_FPRS = (0.01, 0.001)
 
 
 @dataclass(frozen=True)
@@ -49,19 +51,21 @@ class TopMatch:
 
 @dataclass(frozen=True)
 class ThresholdCalibration:
-    """A copy / not-a-copy threshold and how it was obtained.
+    """A copy / not-a-copy threshold set for a target false-positive rate, and what it gives.
 
-    `reached` is False when the target precision could not be reached and the
-    conservative fallback was used; `precision` and `recall` are measured on the
-    calibration pool at the chosen threshold (None when nothing was accepted).
+    `tpr` and `fpr` are measured on the calibration queries at `threshold` (None when
+    there were no matching, respectively non-matching, queries); `precision` is that of
+    the calibration pool (its mix, not a deployment's; None when nothing passes).
+    `resolved` is False when there are fewer than 1/`target_fpr` non-matching queries.
     """
 
     threshold: float
     higher_is_better: bool
-    target_precision: float
-    reached: bool
+    target_fpr: float
+    resolved: bool
+    tpr: float | None
+    fpr: float | None
     precision: float | None
-    recall: float | None
     n_matching: int
     n_non_matching: int
     note: str
@@ -118,94 +122,6 @@ def passes(score: float | None, threshold: float, higher_is_better: bool) -> boo
     return score >= threshold if higher_is_better else score <= threshold
 
 
-def calibrate_threshold(
-    matching: Sequence[tuple[int, TopMatch | None]],
-    non_matching: Sequence[TopMatch | None],
-    higher_is_better: bool = False,
-    target_precision: float = DEFAULT_TARGET_PRECISION,
-) -> ThresholdCalibration:
-    """The loosest threshold whose pooled precision is at least `target_precision`.
-
-    `matching` holds (true image id, top match or None) per matching query,
-    `non_matching` the top match (or None) per non-matching query. See the module
-    docstring for the method and the fallback.
-    """
-    if not 0.0 < target_precision <= 1.0:
-        raise ValueError(f"target precision must be in (0, 1], got {target_precision}")
-    sizes = {"n_matching": len(matching), "n_non_matching": len(non_matching)}
-    common = {"higher_is_better": higher_is_better, "target_precision": target_precision, **sizes}
-    queries, refs, scores, truth = _pool(matching, non_matching)
-    if not matching:
-        return _fallback(scores, common, "no matching queries (nothing indexed to calibrate on)")
-    if len(scores) == 0:
-        return _fallback(scores, common, "no query found any catalog image")
-    curve = precision_recall_curve(
-        queries, refs, scores, truth, higher_is_better, n_ground_truth=len(matching)
-    )
-    good = np.flatnonzero(curve.precision >= target_precision)
-    if len(good) == 0:
-        wrong = curve.thresholds[0]
-        return _fallback(
-            np.array([wrong]),
-            common,
-            f"target precision {target_precision:.0%} unreachable: the best-scored prediction "
-            "is a non-match",
-        )
-    last = int(good[-1])
-    threshold = float(curve.thresholds[last])
-    if last + 1 < len(curve.thresholds):
-        threshold = (threshold + float(curve.thresholds[last + 1])) / 2.0
-    return ThresholdCalibration(
-        threshold=threshold,
-        reached=True,
-        precision=float(curve.precision[last]),
-        recall=float(curve.recall[last]),
-        note=(
-            f"precision {curve.precision[last]:.3f} >= {target_precision:.2f} at recall "
-            f"{curve.recall[last]:.3f} on {len(matching)} matching and {len(non_matching)} "
-            "non-matching queries"
-        ),
-        **common,
-    )
-
-
-def _pool(
-    matching: Sequence[tuple[int, TopMatch | None]], non_matching: Sequence[TopMatch | None]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[tuple[int, int]]]:
-    """(query ids, reference ids, scores) of every prediction, and the ground-truth pairs."""
-    queries, refs, scores = [], [], []
-    matches = [match for _, match in matching] + list(non_matching)
-    for query, match in enumerate(matches):
-        if match is not None:
-            queries.append(query)
-            refs.append(match.image_id)
-            scores.append(match.score)
-    truth = {(query, int(image_id)) for query, (image_id, _) in enumerate(matching)}
-    return np.array(queries, np.int64), np.array(refs, np.int64), np.array(scores), truth
-
-
-def _fallback(
-    false_scores: np.ndarray, common: dict[str, Any], reason: str
-) -> ThresholdCalibration:
-    """Just inside the closest non-matching score; with none, only exact matches pass."""
-    higher = common["higher_is_better"]
-    if len(false_scores):
-        closest = float(np.max(false_scores) if higher else np.min(false_scores))
-        threshold = float(np.nextafter(closest, np.inf if higher else -np.inf))
-        where = f"just inside the closest non-matching score {closest:.4g}"
-    else:
-        threshold = 1.0 if higher else 0.0
-        where = "at an exact match"
-    return ThresholdCalibration(
-        threshold=threshold,
-        reached=False,
-        precision=None,
-        recall=None,
-        note=f"{reason}: conservative threshold {where}",
-        **common,
-    )
-
-
 @dataclass(frozen=True)
 class OperatingPoint:
     """A threshold set for a false-positive rate on non-matching queries, and what it gives.
@@ -258,11 +174,7 @@ def operating_point(
 ) -> OperatingPoint:
     """The threshold for `target_fpr` and the rates it gives on these queries."""
     threshold = threshold_for_fpr(non_matching, target_fpr, higher_is_better)
-    false = sum(passes(m.score if m else None, threshold, higher_is_better) for m in non_matching)
-    true = sum(
-        m is not None and m.image_id == truth and passes(m.score, threshold, higher_is_better)
-        for truth, m in matching
-    )
+    true, _, false = _passing(matching, non_matching, threshold, higher_is_better)
     return OperatingPoint(
         threshold=threshold,
         target_fpr=target_fpr,
@@ -270,5 +182,127 @@ def operating_point(
         tpr=true / len(matching) if matching else 0.0,
         n_matching=len(matching),
         n_non_matching=len(non_matching),
-        resolved=len(non_matching) * target_fpr >= 1.0,
+        resolved=fpr_resolved(len(non_matching), target_fpr),
+    )
+
+
+def fpr_resolved(n_non_matching: int, target_fpr: float) -> bool:
+    """Whether `n_non_matching` queries can resolve a false-positive rate of `target_fpr`."""
+    return n_non_matching * target_fpr >= 1.0 - 1e-9
+
+
+def min_non_matching(target_fpr: float) -> int:
+    """The fewest non-matching queries that resolve `target_fpr` (1/target, rounded up)."""
+    return math.ceil(1.0 / target_fpr - 1e-9) if target_fpr > 0 else 0
+
+
+def _passing(
+    matching: Sequence[tuple[int, TopMatch | None]],
+    non_matching: Sequence[TopMatch | None],
+    threshold: float,
+    higher_is_better: bool,
+) -> tuple[int, int, int]:
+    """(true positives, wrong-image matches, passing non-matches) at `threshold`.
+
+    A matching query is a true positive when its top match is its own original and passes;
+    one whose top match is another image and passes names the wrong original.
+    """
+    true = wrong = 0
+    for truth, match in matching:
+        if match is not None and passes(match.score, threshold, higher_is_better):
+            if match.image_id == truth:
+                true += 1
+            else:
+                wrong += 1
+    false = sum(passes(m.score if m else None, threshold, higher_is_better) for m in non_matching)
+    return true, wrong, false
+
+
+def calibrate_for_fpr(
+    matching: Sequence[tuple[int, TopMatch | None]],
+    non_matching: Sequence[TopMatch | None],
+    target_fpr: float = DEFAULT_TARGET_FPR,
+    higher_is_better: bool = False,
+) -> ThresholdCalibration:
+    """The threshold for `target_fpr` on the non-matching queries, and the rates it gives.
+
+    `matching` holds (true image id, top match or None) per matching query,
+    `non_matching` the top match (or None) per non-matching query. See the module
+    docstring for the unresolved case and the fallback when the non-matches set no bound.
+    """
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
+    point = operating_point(matching, non_matching, target_fpr, higher_is_better)
+    threshold, notes = point.threshold, []
+    if not math.isfinite(threshold):
+        correct = [m.score for truth, m in matching if m is not None and m.image_id == truth]
+        if correct:
+            threshold = float(min(correct) if higher_is_better else max(correct))
+            where = "at the loosest correct calibration match"
+        else:
+            threshold = 1.0 if higher_is_better else 0.0
+            where = "at an exact match"
+        notes.append(
+            f"no bound from the non-matching queries (too few found a catalog image): "
+            f"threshold {where}"
+        )
+    # Rates at the threshold actually recorded (the fallback may have moved it).
+    true, wrong, false = _passing(matching, non_matching, threshold, higher_is_better)
+    tpr = true / len(matching) if matching else None
+    fpr = false / len(non_matching) if non_matching else None
+    # Precision of the calibration pool: a wrong-image match is a false positive too.
+    precision = true / (true + wrong + false) if true + wrong + false else None
+    rates = (
+        f"TPR {_rate(tpr)} at FPR {_rate(fpr)} (target {target_fpr:.2%}) on "
+        f"{len(matching)} matching and {len(non_matching)} non-matching queries"
+    )
+    if not matching:
+        notes.append("no matching queries (nothing indexed to calibrate on): TPR unmeasured")
+    if not point.resolved:
+        notes.insert(
+            0,
+            f"target FPR {target_fpr:.2%} cannot be resolved: {len(non_matching)} non-matching "
+            f"queries, fewer than the {min_non_matching(target_fpr)} it needs, so the "
+            "threshold lets no calibration non-match through",
+        )
+    return ThresholdCalibration(
+        threshold=threshold,
+        higher_is_better=higher_is_better,
+        target_fpr=target_fpr,
+        resolved=point.resolved,
+        tpr=tpr,
+        fpr=fpr,
+        precision=precision,
+        n_matching=len(matching),
+        n_non_matching=len(non_matching),
+        note="; ".join([rates, *notes]),
+    )
+
+
+def _rate(value: float | None) -> str:
+    return "unmeasured" if value is None else f"{value:.3f}"
+
+
+def pooled_predictions(
+    matching: Sequence[tuple[int, TopMatch | None]], non_matching: Sequence[TopMatch | None]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[tuple[int, int]]]:
+    """(query positions, top-match ids, scores) of every query with a top match, and the truth.
+
+    One prediction per query, as the decision makes it: matching queries first, then the
+    non-matching ones; the ground truth is one (position, original id) pair per matching
+    query, found or not. Input of `lib.metrics.precision_recall_curve`.
+    """
+    queries, refs, scores = [], [], []
+    matches = [match for _, match in matching] + list(non_matching)
+    for query, match in enumerate(matches):
+        if match is not None:
+            queries.append(query)
+            refs.append(match.image_id)
+            scores.append(match.score)
+    truth = {(query, int(image_id)) for query, (image_id, _) in enumerate(matching)}
+    return (
+        np.array(queries, np.int64),
+        np.array(refs, np.int64),
+        np.array(scores, np.float64),
+        truth,
     )

@@ -6,9 +6,18 @@ a person can act on. Decisions:
 
 - Accepted containers: JPEG, PNG, WebP, TIFF, BMP and single-frame GIF. Pillow is only
   allowed to try these plugins, so files such as EPS (which Pillow hands to Ghostscript)
-  are never parsed.
+  are never parsed. A multi-picture JPEG (MPO: a stereo pair, or a photo with its depth
+  map, shown as one photo by every viewer) is indexed as its first picture and reported
+  as ``JPEG``.
+- Files above `max_bytes` (64 MiB, `MAX_FILE_BYTES`) are refused before parsing; the
+  uploader (`aindex ingest`) and the ingestion step enforce the same limit.
 - Image size is checked from the header, before any pixel is decoded, against
   `max_pixels`; Pillow's global bomb limit is neither relied upon nor changed.
+- Progressive JPEGs are refused before decoding when they hold more than `max_jpeg_scans`
+  scans (200) or more than `max_jpeg_scan_pixels` scans x pixels: each scan is one more
+  pass over every coefficient, so a small file that repeats its last scan thousands of
+  times takes minutes to decode (encoders write about 10). Scans are counted from the
+  markers in the bytes, without decoding.
 - Animations (GIF/WebP with more than one frame) and multi-page TIFFs are rejected: a
   photo bank releases single pictures, and silently indexing the first frame of a clip
   would index something the owner never released as such.
@@ -43,6 +52,13 @@ ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 16
 DEFAULT_MAX_ASPECT = 20.0
+# The largest upload accepted, in bytes; `aindex ingest` and the ingestion step use it too.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+# libjpeg writes 10 scans for a colour progressive JPEG (6 for grey); mozjpeg and jpegtran
+# scripts stay in the tens. Each scan costs one pass over the whole image, so the budget
+# also caps scans x pixels: 32 passes over a 50-megapixel photo, about a second of decoding.
+DEFAULT_MAX_JPEG_SCANS = 200
+DEFAULT_MAX_JPEG_SCAN_PIXELS = 32 * DEFAULT_MAX_PIXELS
 
 # Signatures of things people upload by mistake, to say what a rejected file looks like.
 _KNOWN_NON_IMAGES: tuple[tuple[bytes, str], ...] = (
@@ -95,12 +111,22 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+    max_jpeg_scan_pixels: int = DEFAULT_MAX_JPEG_SCAN_PIXELS,
 ) -> DecodedImage:
-    """Decode an uploaded file into 8-bit RGB or raise `ImageRejected` naming `name`."""
+    """Decode an uploaded file into 8-bit RGB or raise `ImageRejected` naming `name`.
+
+    The pixels are decoded once: every check before that reads the header or the bytes.
+    """
     if not data:
         raise ImageRejected(name, "empty file (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageRejected(name, too_large_reason(len(data), max_bytes))
     img = _open_header(data, name)
     _check_header(img, name, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
+    if img.format in ("JPEG", "MPO"):
+        _check_jpeg_scans(data, img, name, max_jpeg_scans, max_jpeg_scan_pixels)
     try:
         img.load()
     except MemoryError:
@@ -119,9 +145,67 @@ def decode_image(
         raise
     except Exception as error:
         raise ImageRejected(name, f"corrupt {img.format} data ({error})") from error
+    # An MPO is a JPEG followed by more pictures: stored, named and served as a JPEG.
+    container = "JPEG" if img.format == "MPO" else str(img.format)
     return DecodedImage(
-        image=rgb, format=str(img.format), width=rgb.width, height=rgb.height, mode=img.mode
+        image=rgb, format=container, width=rgb.width, height=rgb.height, mode=img.mode
     )
+
+
+def too_large_reason(size: int, limit: int = MAX_FILE_BYTES) -> str:
+    """Why a file of `size` bytes is refused (the same words wherever the limit applies)."""
+    return f"file too large: {size} bytes, above the limit of {limit} bytes ({limit / 2**20:g} MiB)"
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """Start-of-scan markers of the first picture of a JPEG, found without decoding.
+
+    Walks the markers as libjpeg reads them: segments with a length are skipped whole
+    (so an SOS-like pair inside EXIF or ICC data does not count), the entropy-coded data
+    after each SOS runs to the next marker (0xFF followed by anything but a stuffed 0x00,
+    a restart marker or a fill byte), and the walk ends at EOI, where the decoder stops.
+    """
+    scans, position, end = 0, 2, len(data)
+    while True:
+        position = data.find(b"\xff", position)
+        if position < 0 or position + 1 >= end:
+            return scans
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            position += 1
+            continue
+        if marker == 0x00 or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # no length
+            position += 2
+            continue
+        if marker == 0xD9:  # EOI: the end of the first picture (an MPO's next one follows)
+            return scans
+        if position + 4 > end:
+            return scans
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:
+            scans += 1
+        position += 2 + max(length, 2)
+
+
+def _check_jpeg_scans(
+    data: bytes, img: Image.Image, name: str, max_scans: int, max_scan_pixels: int
+) -> None:
+    scans = jpeg_scan_count(data)
+    width, height = img.size
+    if scans > max_scans:
+        raise ImageRejected(
+            name,
+            f"JPEG with {scans} scans is above the limit of {max_scans} scans: each scan is "
+            "one more decoding pass (encoders write about 10), so this file would take "
+            "minutes to decode",
+        )
+    if scans * width * height > max_scan_pixels:
+        allowed = max(1, max_scan_pixels // max(1, width * height))
+        raise ImageRejected(
+            name,
+            f"JPEG with {scans} scans of {width}x{height} pixels is above the decoding "
+            f"budget of {max_scan_pixels} scan-pixels (at most {allowed} scans at this size)",
+        )
 
 
 def _open_header(data: bytes, name: str) -> Image.Image:
@@ -180,7 +264,7 @@ def _check_header(
         raise
     except Exception as error:  # e.g. KeyError from a TIFF page without its size tags
         raise ImageRejected(name, f"corrupt {img.format} frame table ({error})") from error
-    if frames > 1:
+    if frames > 1 and img.format != "MPO":  # an MPO's first picture is the photo
         what = "multi-page TIFF" if img.format == "TIFF" else "animated image"
         raise ImageRejected(name, f"{what} ({frames} frames); only still images are indexed")
     if min(width, height) < min_side:

@@ -21,11 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from aindex_assets.lib.copydetection import REPORT_FPRS, min_non_matching
 from aindex_assets.lib.edits import PAPER_EDITS, Edit, sweep_edits
-from aindex_assets.lib.evaluation import RobustnessResult
+from aindex_assets.lib.evaluation import (
+    RobustnessResult,
+    tpr_key,
+    tpr_label,
+    tpr_resolved,
+)
 from aindex_assets.lib.metrics import PrecisionRecall
 
-SCHEMA_VERSION = 2
+# 3: copy detection scored on the re-ranked top match (as `aindex query`), TPR at fixed FPRs.
+SCHEMA_VERSION = 3
 PACKAGE = "aindex_assets"
 GIT_COMMIT_ENV = "AINDEX_GIT_COMMIT"
 EDIT_SETS = ("paper", "sweep", "full_sweep")
@@ -102,17 +109,79 @@ def curve_points(curve: PrecisionRecall, max_points: int = CURVE_POINTS) -> dict
 
 
 def copy_detection_section(result: RobustnessResult) -> dict[str, Any]:
-    """Pooled copy detection per variant: micro-AP, recall at precision 0.9, the curve."""
+    """Pooled copy detection per variant: micro-AP, TPR at fixed FPRs, recall at P90, curve.
+
+    `operating_points` holds, per false-positive rate of `REPORT_FPRS`, the threshold set
+    on all edits' non-matching queries, the TPR and FPR it gives and whether the rate is
+    resolved (at least 1/FPR non-matching queries).
+    """
     section = {}
     for variant in result.variants:
         curve = result.pooled_curve(variant)
+        points = [result.pooled_operating_point(variant, fpr) for fpr in REPORT_FPRS]
         section[variant] = {
             "micro_ap": _finite_or_none(curve.average_precision()),
             "recall_at_p90": float(curve.recall_at_precision(0.9)),
             "predictions": len(curve.precision),
             "curve": curve_points(curve),
+            "operating_points": [
+                {
+                    "target_fpr": point.target_fpr,
+                    "tpr": float(point.tpr),
+                    "fpr": float(point.fpr),
+                    "threshold": _finite_or_none(point.threshold),
+                    "resolved": bool(point.resolved),
+                    "n_matching": point.n_matching,
+                    "n_non_matching": point.n_non_matching,
+                }
+                for point in points
+            ],
         }
     return section
+
+
+def operating_point_of(section: Mapping[str, Any], target_fpr: float) -> dict[str, Any] | None:
+    """The pooled operating point at `target_fpr` (None in documents before schema 3)."""
+    for point in section.get("operating_points", []):
+        if math.isclose(point["target_fpr"], target_fpr):
+            return point
+    return None
+
+
+def tpr_cell(point: Mapping[str, Any] | None) -> str:
+    """A pooled TPR: the value, marked `*` when its rate is not resolved; a dash when absent."""
+    if point is None:
+        return "–"
+    return number_cell(point["tpr"]) + ("" if point["resolved"] else "*")
+
+
+def unresolved_notes(payload: Mapping[str, Any]) -> list[str]:
+    """Plain sentences on TPRs whose false-positive rate is not resolved (pooled, per edit).
+
+    A rate below 1/n cannot be resolved with n non-matching queries: its threshold lets
+    none of them through. Pooled TPRs concerned are marked `*` in the tables.
+    """
+    grouped: dict[tuple[float, int], list[str]] = {}
+    for variant, section in payload["copy_detection"].items():
+        for point in section.get("operating_points", []):
+            if not point["resolved"]:
+                key = (point["target_fpr"], point["n_non_matching"])
+                grouped.setdefault(key, []).append(variant)
+    notes = [
+        f"* not resolved at FPR {fpr * 100:g}% ({', '.join(variants)}): {n} non-matching "
+        f"queries where it needs at least {min_non_matching(fpr)}; the threshold lets none "
+        "of them through."
+        for (fpr, n), variants in grouped.items()
+    ]
+    rows = payload["result"]["rows"]
+    if rows and any(tpr_key(f) in rows[0] for f in REPORT_FPRS):
+        unresolved = [f"{f * 100:g}%" for f in REPORT_FPRS if not tpr_resolved(rows[0], f)]
+        if unresolved:
+            notes.append(
+                f"Per edit, the TPR at FPR {' and '.join(unresolved)} is not resolved "
+                f"(non-matching queries per edit: {rows[0]['n_negatives']})."
+            )
+    return notes
 
 
 def package_version() -> str | None:
@@ -173,7 +242,9 @@ def build_payload(
         "package": {"name": PACKAGE, "version": package_version()},
         "git_commit": git_commit(),
     }
-    evaluation = trail["evaluation"]
+    evaluation = trail["evaluation"] = dict(trail["evaluation"]) | {
+        "copy_detection_score": "reranked" if result.reranked else "index"
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "robustness",
@@ -245,7 +316,14 @@ def audit_lines(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"{len(negatives['items'])} from {negatives['source']}"
             + (f" ({negatives['prefix']})" if negatives["source"] == "store" else ""),
         ),
+        ("copy-detection score", _SCORES[evaluation.get("copy_detection_score", "index")]),
     ]
+
+
+_SCORES = {
+    "reranked": "top match re-ranked on the original descriptors (as `aindex query`)",
+    "index": "the index's own scores, every top-k result",
+}
 
 
 def report_markdown(payload: Mapping[str, Any]) -> str:
@@ -253,17 +331,30 @@ def report_markdown(payload: Mapping[str, Any]) -> str:
     lines = [f"# Robustness report {payload['report_id']} — batch {payload['batch_id']}", ""]
     lines += [f"- **{label}**: {value}" for label, value in audit_lines(payload)]
     lines += ["", "## Recall of edited copies, passive vs active", "", payload["markdown"], ""]
-    lines += ["## Copy detection (all edits pooled)", "", "| variant | μAP | recall @ P90 |"]
-    lines.append("|---|---|---|")
-    for variant, cd in payload["copy_detection"].items():
-        cells = [number_cell(cd["micro_ap"]), number_cell(cd["recall_at_p90"])]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += ["## Copy detection (all edits pooled)", "", copy_detection_markdown(payload)]
     lines += [
         "",
         "## Image quality of the released images",
         "",
         quality_markdown(payload["quality"]),
     ]
+    return "\n".join(lines)
+
+
+def copy_detection_markdown(payload: Mapping[str, Any]) -> str:
+    """The pooled copy-detection table (μAP, TPR at each report FPR, recall at P90), notes."""
+    tprs = [f"TPR @ {fpr * 100:g}% FPR" for fpr in REPORT_FPRS]
+    header = ["variant", "μAP", *tprs, "recall @ P90"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, cd in payload["copy_detection"].items():
+        cells = [
+            number_cell(cd["micro_ap"]),
+            *(tpr_cell(operating_point_of(cd, fpr)) for fpr in REPORT_FPRS),
+            number_cell(cd["recall_at_p90"]),
+        ]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    notes = unresolved_notes(payload)
+    lines += ["", *("- " + note.replace("*", "\\*", 1) for note in notes)] if notes else []
     return "\n".join(lines)
 
 
@@ -290,6 +381,13 @@ def compare_markdown(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
         for v in ("passive", "active")
     ]
     lines.append("| **pooled μAP** | " + " | ".join(cells) + " |")
+    for fpr in REPORT_FPRS:
+        cells = [
+            tpr_cell(operating_point_of(p["copy_detection"].get(v, {}), fpr))
+            for p in (a, b)
+            for v in ("passive", "active")
+        ]
+        lines.append(f"| **pooled {tpr_label(fpr)}** | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

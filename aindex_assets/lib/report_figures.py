@@ -61,7 +61,11 @@ def precision_recall_chart(payload: Mapping[str, Any]) -> bytes:
     for variant, section in payload["copy_detection"].items():
         curve = section["curve"]
         ap = section["micro_ap"]
-        label = f"{variant} (μAP {ap:.3f})" if ap is not None else variant
+        parts = [] if ap is None else [f"μAP {ap:.3f}"]
+        for point in section.get("operating_points", [])[:1]:  # the first report FPR: 1%
+            mark = "" if point["resolved"] else "*"
+            parts.append(f"TPR {point['tpr']:.2f}{mark} at {point['target_fpr'] * 100:g}% FPR")
+        label = f"{variant} ({', '.join(parts)})" if parts else variant
         axes.plot(curve["recall"], curve["precision"], label=label, color=COLOURS.get(variant))
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.05)

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from aindex_assets.lib.report import audit_lines, number_cell
+from aindex_assets.lib.copydetection import REPORT_FPRS
+from aindex_assets.lib.evaluation import tpr_key, tpr_label
+from aindex_assets.lib.report import (
+    audit_lines,
+    number_cell,
+    operating_point_of,
+    tpr_cell,
+    unresolved_notes,
+)
 from aindex_assets.lib.report_figures import FIGURE_TITLES
 
 _STYLE = """
@@ -26,6 +34,7 @@ dl.audit dt { font-weight: bold; }
 dl.audit dd { margin: 0; font-family: monospace; overflow-wrap: anywhere; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figcaption { font-size: 0.85em; color: #555; }
+p.note { font-size: 0.85em; color: #555; margin: 0.2em 0; }
 """
 
 _RECALL_METRICS = (("recall_at_1", "R@1"), ("recall_at_10", "R@10"), ("mrr", "1/(rank+1)"))
@@ -46,6 +55,11 @@ def recall_table(payload: Mapping[str, Any]) -> str:
     variants = list(result["average"])
     metrics = [(m, label) for m, label in _RECALL_METRICS if m in result["average"][variants[0]]]
     metrics.append(("micro_ap", "μAP"))
+    metrics += [
+        (tpr_key(fpr), tpr_label(fpr))
+        for fpr in REPORT_FPRS
+        if tpr_key(fpr) in result["average"][variants[0]]
+    ]
     header = ["edit"] + [f"{v} {label}" for _, label in metrics for v in variants]
     rows = {(r["edit"], r["variant"]): r for r in result["rows"]}
     lines = [_row(header, "th")]
@@ -68,11 +82,19 @@ def quality_table(quality: Mapping[str, Any]) -> str:
 
 
 def copy_detection_table(payload: Mapping[str, Any]) -> str:
-    lines = [_row(["variant", "μAP", "recall at precision 0.9", "predictions"], "th")]
+    """Pooled μAP and TPR at each report FPR (`*`: rate not resolved), then the notes."""
+    tprs = [f"TPR at {fpr * 100:g}% FPR" for fpr in REPORT_FPRS]
+    header = ["variant", "μAP", *tprs, "recall at precision 0.9", "predictions"]
+    lines = [_row(header, "th")]
     for variant, section in payload["copy_detection"].items():
-        cells = [number_cell(section["micro_ap"]), number_cell(section["recall_at_p90"])]
+        cells = [
+            number_cell(section["micro_ap"]),
+            *(tpr_cell(operating_point_of(section, fpr)) for fpr in REPORT_FPRS),
+            number_cell(section["recall_at_p90"]),
+        ]
         lines.append(_row([variant, *cells, str(section["predictions"])]))
-    return '<table id="copy-detection-table">' + "".join(lines) + "</table>"
+    notes = "".join(f'<p class="note">{escape(note)}</p>' for note in unresolved_notes(payload))
+    return '<table id="copy-detection-table">' + "".join(lines) + "</table>" + notes
 
 
 def audit_list(payload: Mapping[str, Any]) -> str:

@@ -1,14 +1,28 @@
-"""Ingestion: a batch's inbox objects become validated, content-addressed originals."""
+"""Ingestion: a batch's inbox objects become validated, content-addressed originals.
+
+Each file is read once, at most `MAX_FILE_BYTES` of it (a larger object is refused
+without reading the rest), hashed and decoded once. A file whose bytes are already
+registered, by an earlier batch or under another name in this one, gets a row in the
+catalog's rejected files saying "duplicate of image N", so `aindex status` lists it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aindex_assets.lib.images import ImageRejected, content_hash, decode_image
+from aindex_assets.lib.images import (
+    MAX_FILE_BYTES,
+    ImageRejected,
+    content_hash,
+    decode_image,
+    too_large_reason,
+)
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import BatchManifest
 from aindex_assets.storage.keys import INBOX_PREFIX, InvalidKey, original_key
 from aindex_assets.storage.objectstore import ObjectNotFound, ObjectStore
+
+READ_CHUNK = 1024 * 1024
 
 
 @dataclass
@@ -17,6 +31,7 @@ class IngestOutcome:
 
     files: int = 0
     registered: list[int] = field(default_factory=list)
+    # (file, image id, batch that registered the image first), also in the catalog.
     duplicates: list[tuple[str, int, str]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
@@ -49,7 +64,7 @@ def ingest_object(
     moved it (the inbox key itself for a batch claimed before files were moved).
     """
     try:
-        data = store.get_bytes(read_key or source_key)
+        data = read_at_most(store, read_key or source_key, MAX_FILE_BYTES)
     except (ObjectNotFound, InvalidKey) as exc:
         # A key written straight through the S3 API can hold what `aindex ingest` never
         # produces ('..', backslashes, reserved names): refuse the file, not the batch.
@@ -58,6 +73,11 @@ def ingest_object(
             if isinstance(exc, ObjectNotFound)
             else f"unsafe object name ({exc.reason}); upload files with `aindex ingest`"
         )
+        catalog.reject_file(batch_id, source_key, reason)
+        outcome.rejected.append((source_key, reason))
+        return
+    if data is None:  # larger than any upload may be: nothing more is read
+        reason = too_large_reason(store.stat(read_key or source_key).size, MAX_FILE_BYTES)
         catalog.reject_file(batch_id, source_key, reason)
         outcome.rejected.append((source_key, reason))
         return
@@ -82,7 +102,20 @@ def ingest_object(
         height=decoded.height,
     )
     existing = catalog.image(image_id)
-    if created or existing.batch_id == batch_id:
-        outcome.registered.append(image_id)
+    if created or (existing.batch_id == batch_id and existing.source_key == source_key):
+        outcome.registered.append(image_id)  # new, or this batch's own file on a re-run
     else:
+        catalog.record_duplicate(batch_id, source_key, existing, digest)
         outcome.duplicates.append((source_key, image_id, existing.batch_id))
+
+
+def read_at_most(store: ObjectStore, key: str, limit: int) -> bytes | None:
+    """The object's bytes, or None once more than `limit` of them came (the rest unread)."""
+    parts, size = [], 0
+    with store.open(key) as reader:
+        while chunk := reader.read(min(READ_CHUNK, limit + 1 - size)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return None
+    return b"".join(parts)

@@ -1,4 +1,9 @@
-"""Robustness reports: edited copies of a batch, passive against active, in the served index."""
+"""Robustness reports: edited copies of a batch, passive against active, in the served index.
+
+Copy detection is scored exactly as `aindex query` scores a file: the served index's top k,
+re-ranked on the stored original descriptors (`services.copy_detection.detection.rerank`),
+so a report's figures and a query's verdict agree on the same served index.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from aindex_assets.lib.evaluation import evaluate_robustness
+from aindex_assets.lib.copydetection import TopMatch
+from aindex_assets.lib.edits import Edit
+from aindex_assets.lib.evaluation import RobustnessResult, evaluate_robustness
 from aindex_assets.lib.extractors import Extractor
 from aindex_assets.lib.images import ImageRejected, content_hash, decode_image
 from aindex_assets.lib.photos import negative_photos
@@ -21,7 +28,12 @@ from aindex_assets.lib.report import (
 )
 from aindex_assets.lib.report_figures import report_figures
 from aindex_assets.lib.report_html import render_html
-from aindex_assets.services.index import load_originals, open_served
+from aindex_assets.services.copy_detection.detection import (
+    OriginalDescriptors,
+    check_extractor,
+    rerank,
+)
+from aindex_assets.services.index import ServedSearch, load_originals, open_served
 from aindex_assets.settings import redact_extractor_spec
 from aindex_assets.storage.catalog import ActivationRecord, Catalog
 from aindex_assets.storage.keys import NEGATIVES_PREFIX, report_asset_key, report_key
@@ -140,6 +152,46 @@ def store_report(
     return files
 
 
+def evaluate_on_served(
+    store: ObjectStore,
+    catalog: Catalog,
+    extractor: Extractor,
+    served: ServedSearch,
+    passive: list[Image.Image],
+    active: list[Image.Image] | None,
+    image_ids: list[int],
+    negatives: list[Image.Image],
+    edits: dict[str, Edit],
+    settings: ReportSettings,
+) -> RobustnessResult:
+    """Edited copies searched in the served index; copy detection on the re-ranked top match.
+
+    The score of a query is the one `aindex query` gives the same image: its top k from the
+    served index (k and nprobe of `settings`), re-ranked on the original descriptors.
+    """
+    originals = OriginalDescriptors(store, catalog, extractor.identity)
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return served.search(queries, k, settings.nprobe)
+
+    def reranked(queries: np.ndarray, ids: np.ndarray) -> list[TopMatch | None]:
+        return rerank(queries, ids, served, originals)
+
+    return evaluate_robustness(
+        passive,
+        active,
+        image_ids,
+        extractor.embed_images,
+        search,
+        edits=edits,
+        k=settings.k,
+        seed=settings.seed,
+        negatives=negatives,
+        higher_is_better=served.higher_is_better,
+        rerank=reranked,
+    )
+
+
 def robustness_report(
     store: ObjectStore,
     catalog: Catalog,
@@ -154,25 +206,23 @@ def robustness_report(
     if not activations:
         return None
     served = open_served(store, catalog)
+    check_extractor(extractor, served)  # the re-rank reads this extractor's descriptors
     image_ids = [a.image_id for a in activations]
     passive = load_originals(store, catalog.images_by_ids(image_ids))
     active = [decode_image(store.get_bytes(a.object_key), a.object_key).image for a in activations]
     negatives = choose_negatives(store, catalog, settings.negatives_prefix, settings.max_negatives)
     edits = edits_for(settings.edit_set, settings.edits)
-
-    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return served.search(queries, k, settings.nprobe)
-
-    result = evaluate_robustness(
+    result = evaluate_on_served(
+        store,
+        catalog,
+        extractor,
+        served,
         passive,
         active,
         image_ids,
-        extractor.embed_images,
-        search,
-        edits=edits,
-        k=settings.k,
-        seed=settings.seed,
-        negatives=negatives.images,
+        negatives.images,
+        edits,
+        settings,
     )
     report_id = catalog.next_report_id()
     audit = {

@@ -11,7 +11,11 @@ Both implementations give readers the same guarantees:
   continues with a byte below '/', such as ``a-b``; AWS and MinIO do not. The keys
   built in :mod:`~aindex_assets.storage.keys` never have such siblings.);
 - a missing key raises :class:`ObjectNotFound`; keys are checked by
-  :func:`~aindex_assets.storage.keys.validate_key`.
+  :func:`~aindex_assets.storage.keys.validate_key`;
+- a write the store cannot complete (local: a full disk, a quota, a read-only or
+  unwritable folder; S3: a server out of space or over quota) raises
+  :class:`StoreWriteFailed` naming the store, the key and the reason, and leaves no
+  partial object behind.
 
 The local store keeps content type, user metadata and the MD5 etag in a sidecar
 JSON file under ``<root>/.aindex-meta/`` that never appears in listings. Its
@@ -22,6 +26,7 @@ the URI is only meaningful on the machine holding the folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -77,6 +82,61 @@ class CredentialsRejected(ObjectStoreError):
 
 class StoreUnreachable(ObjectStoreError):
     """The endpoint did not answer (after retries for transient failures)."""
+
+
+class StoreWriteFailed(ObjectStoreError):
+    """A write could not complete: no space left, over quota, read-only, no permission.
+
+    ``errno`` is the operating system's error number for a local write (None from S3).
+    """
+
+    def __init__(self, message: str, errno_code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_code
+
+
+# What a person should read for the usual reasons a local write fails.
+_WRITE_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "file too large for the file system",
+    errno.EIO: "input/output error",
+}
+# S3 error codes of a server that has no room left for the object.
+_S3_FULL_CODES = {
+    "XMinioStorageFull": "no space left on the server",
+    "XMinioAdminBucketQuotaExceeded": "bucket quota exceeded",
+    "QuotaExceeded": "quota exceeded",
+    "EntityTooLarge": "object larger than the server accepts",
+}
+
+
+def write_failure_reason(error: OSError) -> str:
+    """``no space left on the device (ENOSPC)``: the reason and its symbolic errno."""
+    code = error.errno
+    if code is None:
+        return str(error) or type(error).__name__
+    text = _WRITE_REASONS.get(code) or os.strerror(code)
+    return f"{text} ({errno.errorcode.get(code, code)})"
+
+
+class _WriteError(Exception):
+    """An OSError raised while writing (not while reading the source), for the store to name."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise _WriteError(exc) from exc
 
 
 @dataclass(frozen=True)
@@ -170,23 +230,38 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write(target: Path, chunks: Iterator[bytes]) -> tuple[int, str]:
-    """Write ``chunks`` to ``target`` so readers see the old file or the whole new one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``chunks`` to ``target`` so readers see the old file or the whole new one.
+
+    A failure to write (disk full...) raises `_WriteError`; one while reading ``chunks``
+    propagates as it is. Either way the temporary file is removed.
+    """
+    with _writing():
+        target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
     digest, size = hashlib.md5(usedforsecurity=False), 0
     try:
-        with open(tmp, "wb") as out:
+        with _writing():
+            out = open(tmp, "wb")  # noqa: SIM115 (closed below, its errors are write errors)
+        try:
             for chunk in chunks:
-                out.write(chunk)
+                with _writing():
+                    out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
+            with _writing():
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            with _writing():
+                out.close()
+        with _writing():
+            os.replace(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    with _writing():
+        _fsync_dir(target.parent)
     return size, digest.hexdigest()
 
 
@@ -213,10 +288,20 @@ class _StreamedStore:
         with self.open(key) as reader:
             return reader.read()
 
+    def describe(self) -> str:
+        raise NotImplementedError
+
     def get_file(self, key: str, path: Path | str) -> Path:
         target = Path(path)
         with self.open(key) as reader:
-            _atomic_write(target, _read_chunks(reader, None))
+            try:
+                _atomic_write(target, _read_chunks(reader, None))
+            except _WriteError as exc:
+                raise StoreWriteFailed(
+                    f"cannot write {target} (a copy of {key!r} from {self.describe()}): "
+                    f"{write_failure_reason(exc.error)}",
+                    exc.error.errno,
+                ) from exc.error
         return target
 
     def put_stream(
@@ -288,12 +373,24 @@ class LocalObjectStore(_StreamedStore):
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         target, meta = self._path(key), _check_metadata(metadata)
-        size, etag = _atomic_write(target, _read_chunks(stream, length))
-        sidecar = {"content_type": content_type, "metadata": meta, "etag": etag, "size": size}
-        # The data is already in place: a crash here leaves it with default metadata, never
-        # metadata without data.
-        _atomic_write(self._meta_path(key), iter([json.dumps(sidecar).encode()]))
+        with self._write_errors(key):
+            size, etag = _atomic_write(target, _read_chunks(stream, length))
+            sidecar = {"content_type": content_type, "metadata": meta, "etag": etag, "size": size}
+            # The data is already in place: a crash here leaves it with default metadata,
+            # never metadata without data.
+            _atomic_write(self._meta_path(key), iter([json.dumps(sidecar).encode()]))
         return ObjectInfo(key, size, etag, content_type, meta, self._mtime(target))
+
+    @contextlib.contextmanager
+    def _write_errors(self, key: str) -> Iterator[None]:
+        """A failed write names the store, the key and why (the bare OSError names neither)."""
+        try:
+            yield
+        except _WriteError as exc:
+            raise StoreWriteFailed(
+                f"{self.describe()}: cannot write {key!r}: {write_failure_reason(exc.error)}",
+                exc.error.errno,
+            ) from exc.error
 
     @contextlib.contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:
@@ -493,6 +590,11 @@ class S3ObjectStore(_StreamedStore):
                 f"S3 rejected the credentials for {self.endpoint} ({exc.code}): check "
                 "AINDEX_S3_ACCESS_KEY / AINDEX_S3_SECRET_KEY"
             )
+        if exc.code in _S3_FULL_CODES:
+            return StoreWriteFailed(
+                f"{self.describe()}: cannot write {key!r}: {_S3_FULL_CODES[exc.code]} "
+                f"({exc.code}: {exc.message})"
+            )
         return ObjectStoreError(f"{self.describe()}: {exc.code}: {exc.message} (key {key!r})")
 
     def ensure_bucket(self) -> None:
@@ -644,6 +746,7 @@ __all__ = [
     "ObjectStoreError",
     "S3ObjectStore",
     "StoreUnreachable",
+    "StoreWriteFailed",
     "copy_object",
     "open_object_store",
 ]

@@ -1,4 +1,4 @@
-"""Copy detection: suspicious images searched in the served index against a calibrated threshold."""
+"""Copy detection: suspicious images searched in the served index against a recorded threshold."""
 
 import dagster as dg
 
@@ -7,7 +7,11 @@ from aindex_assets.defs.failures import domain_failures
 from aindex_assets.defs.partitions import QUERY_BATCHES
 from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.services.copy_detection.batch import detect_batch
-from aindex_assets.services.copy_detection.calibration import calibrate, threshold_summary
+from aindex_assets.services.copy_detection.calibration import (
+    calibrate,
+    require_threshold,
+    threshold_summary,
+)
 from aindex_assets.services.copy_detection.detection import DetectionSetting, Verdict
 from aindex_assets.services.index import open_served
 from aindex_assets.storage.catalog import CopyThresholdRecord
@@ -16,7 +20,7 @@ TABLE_ROWS = 50
 
 
 class CopyDetectionConfig(dg.Config, DetectionSetting):
-    """Search setting and threshold calibration; a new setting gets its own calibration."""
+    """Search setting and threshold calibration; each (k, nprobe, target_fpr) has its own."""
 
 
 class QueryBatchConfig(CopyDetectionConfig, InboxBatchConfig):
@@ -26,12 +30,19 @@ class QueryBatchConfig(CopyDetectionConfig, InboxBatchConfig):
         return DetectionSetting(**self.model_dump(exclude=set(INBOX_CONFIG_FIELDS)))
 
 
+def _rate(value: float | None) -> dg.MetadataValue:
+    return dg.MetadataValue.float(float("nan") if value is None else value)
+
+
 def threshold_metadata(record: CopyThresholdRecord) -> dict[str, dg.MetadataValue]:
     return {
         "threshold": dg.MetadataValue.float(record.threshold),
         "threshold_id": dg.MetadataValue.int(record.id),
         "metric": dg.MetadataValue.text(record.metric),
-        "target_precision_reached": dg.MetadataValue.bool(record.reached),
+        "target_fpr": _rate(record.target_fpr),
+        "fpr_resolved": dg.MetadataValue.bool(record.resolved),
+        "tpr": _rate(record.tpr),
+        "fpr": _rate(record.fpr),
         "index_version": dg.MetadataValue.int(record.index_version),
         "served_index": dg.MetadataValue.int(record.served_index_id),
         "calibration": dg.MetadataValue.text(threshold_summary(record)),
@@ -68,28 +79,29 @@ def copy_threshold(
     storage: StorageResource,
     extractor: ExtractorResource,
 ) -> dg.MaterializeResult:
-    """The copy / not-a-copy threshold on the top match's score, calibrated for the served index.
+    """The copy / not-a-copy threshold on the top match's score, set for the served index.
 
     Edited copies of the indexed (activated) images are matching queries, edited
     unrelated photos (under `negatives/`, else packaged photos that are not
-    indexed) non-matching ones; all are searched in the current served index and the
-    loosest score whose pooled precision reaches the target (90% by default) becomes
-    the threshold, recorded in the catalog with the index version and served index it
-    was calibrated for. When the target cannot be reached, a conservative threshold
-    just inside the closest non-match is recorded and the metadata says so. Updated
-    whenever the served index changes; copy detection recalibrates on its own if it
-    finds the recorded threshold stale.
+    indexed) non-matching ones; all are scored as `aindex query` scores them (the
+    served index's top k re-ranked on the original descriptors). The threshold lets at
+    most `target_fpr` (1% by default) of the non-matching queries through; it is
+    recorded in the catalog with the true- and false-positive rates measured at it, the
+    index version and the served index. With fewer than 1/target_fpr non-matching
+    queries the rate cannot be resolved: the threshold then lets none of them through
+    and the metadata says so. Updated whenever the served index changes; detection
+    never calibrates: without a threshold for the current served index it fails, and
+    the query sensor waits.
     """
     store, catalog = storage.store(), storage.catalog()
     with domain_failures():
         record = calibrate(store, catalog, extractor.load(), open_served(store, catalog), config)
-    if not record.reached:
+    if not record.resolved:
         context.log.warning(threshold_summary(record))
     return dg.MaterializeResult(
         metadata={
             **threshold_metadata(record),
-            "precision": dg.MetadataValue.float(record.precision or float("nan")),
-            "recall": dg.MetadataValue.float(record.recall or float("nan")),
+            "precision": _rate(record.precision),
             "matching_queries": dg.MetadataValue.int(record.n_matching),
             "non_matching_queries": dg.MetadataValue.int(record.n_non_matching),
             "negatives": dg.MetadataValue.text(str(record.details.get("negatives"))),
@@ -116,20 +128,18 @@ def copy_detections(
     image gets a verdict with its reason and never fails the batch), embedded and searched
     in the current served index. Its top-k results and scores are kept (distractors are
     not originals: a query that only finds distractors has no catalog match) and its top
-    catalog match is a copy when its score passes the threshold calibrated for this
-    served index. Verdicts go to the catalog, replacing the batch's previous ones in one
+    catalog match is a copy when its score passes the threshold recorded for this
+    served index (`copy_threshold`; without one the run fails before claiming anything).
+    Verdicts go to the catalog, replacing the batch's previous ones in one
     transaction, and as a JSON document to the object store.
     """
-    store = storage.store()
+    store, catalog = storage.store(), storage.catalog()
     with domain_failures():
+        require_threshold(catalog, config.setting())
         manifest = claim_for_run(storage, context.partition_key, "query", config)
-        outcome = detect_batch(
-            store, storage.catalog(), extractor.load(), manifest, config.setting()
-        )
-    if outcome.calibrated_now:
-        context.log.info(
-            f"no threshold for this served index yet: {threshold_summary(outcome.threshold)}"
-        )
+        outcome = detect_batch(store, catalog, extractor.load(), manifest, config.setting())
+    if not outcome.threshold.resolved:
+        context.log.warning(threshold_summary(outcome.threshold))
     for v in outcome.verdicts:
         if v.reason:
             context.log.warning(f"rejected {v.query_key}: {v.reason}")

@@ -6,6 +6,7 @@ from aindex_assets.defs.claims import propose_batches
 from aindex_assets.defs.jobs import detect_copies_job
 from aindex_assets.defs.partitions import QUERY_BATCHES
 from aindex_assets.defs.resources import StorageResource
+from aindex_assets.services.copy_detection.calibration import has_threshold
 from aindex_assets.services.inbox import MAX_BATCHES_PER_TICK
 
 # The asset whose run step claims the batch's files (its config includes InboxBatchConfig).
@@ -27,11 +28,20 @@ def query_sensor(
     most 64 files (any names, in any order), at most 4 per tick, registers a partition of
     `copy_detections` per batch and requests a run of `detect_copies` with the files named
     in its run config; the run's `copy_detections` step claims them, moving them out of
-    the query inbox. Nothing is proposed while no served index exists, so early queries
-    wait for the first indexed batch instead of failing.
+    the query inbox. Nothing is proposed while no served index exists, or while no copy
+    threshold is recorded for the current one (with the default setting the runs use), so
+    queries wait for the first indexed batch and for `copy_threshold` instead of failing.
     """
-    if storage.catalog().current_served_index() is None:
+    catalog = storage.catalog()
+    served = catalog.current_served_index()
+    if served is None:
         return dg.SkipReason("no served index yet: queries wait for the first indexed batch")
+    if not has_threshold(catalog, served.id):
+        return dg.SkipReason(
+            f"no copy threshold recorded for served index {served.id} yet: queries wait until "
+            "`copy_threshold` is materialized (the automation sensor does it after each new "
+            "served index)"
+        )
     return propose_batches(
         context,
         storage,

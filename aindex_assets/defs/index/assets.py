@@ -31,16 +31,11 @@ from aindex_assets.storage.catalog import IndexVersionRecord
 class TrainingConfig(dg.Config, CropSource):
     """Where training descriptors come from when `training/images/` holds no images."""
 
-    crops: int = 3000
-    crop_size: int = 224
-    seed: int = 0
-
 
 class DistractorConfig(dg.Config, CropSource):
     """Distractors stand for the rest of a real database; seeded apart from the training crops."""
 
     crops: int = 2000
-    crop_size: int = 224
     seed: int = 1
 
 

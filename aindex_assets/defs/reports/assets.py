@@ -7,6 +7,7 @@ import dagster as dg
 from aindex_assets.defs.failures import domain_failures
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.defs.resources import ExtractorResource, StorageResource
+from aindex_assets.lib.report import copy_detection_markdown
 from aindex_assets.lib.report_html import figures_markdown
 from aindex_assets.services.reports import ReportSettings
 from aindex_assets.services.reports import robustness_report as build_report
@@ -44,10 +45,13 @@ def robustness_report(
     list (or the sweeps, `edit_set`); the copies are searched in the served index (which
     also holds the other batches and the distractors), together with edited non-matching
     photos (`negatives/` in the store, else packaged photos that are never ingested).
-    Recall@1/10, 1/(rank+1) and copy-detection micro-AP per edit and variant go to the
-    catalog; the JSON document (schema in `lib/report_schema.json`: audit trail, image
-    quality statistics, pooled precision-recall curve), a self-contained HTML page and
-    the PNG figures go to the object store under keys unique to the report id.
+    Copy detection scores each query as `aindex query` does (its top match re-ranked on
+    the original descriptors): micro-AP and the true-positive rate at 1% and 0.1%
+    false-positive rate on the non-matching queries. Recall@1/10, 1/(rank+1) and
+    copy-detection micro-AP per edit and variant go to the catalog; the JSON document
+    (schema in `lib/report_schema.json`: audit trail, image quality statistics, pooled
+    precision-recall curve and operating points), a self-contained HTML page and the PNG
+    figures go to the object store under keys unique to the report id.
     """
     store = storage.store()
     with domain_failures():
@@ -71,6 +75,12 @@ def robustness_report(
             "recall_at_1_active": dg.MetadataValue.float(averages["active"]["recall_at_1"]),
             "micro_ap_passive": _float(pooled["passive"]["micro_ap"]),
             "micro_ap_active": _float(pooled["active"]["micro_ap"]),
+            **{
+                f"tpr_at_fpr_{point['target_fpr']:g}_{variant}": _float(point["tpr"])
+                for variant in ("passive", "active")
+                for point in pooled[variant]["operating_points"]
+            },
+            "copy_detection": dg.MetadataValue.md(copy_detection_markdown(report.payload)),
             "table": dg.MetadataValue.md(report.payload["markdown"]),
             "figures": dg.MetadataValue.md(figures_markdown(report.figures)),
             "html_report": dg.MetadataValue.text(store.uri(report.files["html"])),

@@ -6,7 +6,10 @@ import json
 from dataclasses import dataclass
 
 from aindex_assets.lib.extractors import Extractor
-from aindex_assets.services.copy_detection.calibration import current_threshold
+from aindex_assets.services.copy_detection.calibration import (
+    current_threshold,
+    threshold_document,
+)
 from aindex_assets.services.copy_detection.detection import (
     DetectionSetting,
     QueryFile,
@@ -19,7 +22,8 @@ from aindex_assets.storage.inbox import BatchManifest
 from aindex_assets.storage.keys import QUERY_INBOX_PREFIX, copy_detections_key
 from aindex_assets.storage.objectstore import ObjectNotFound, ObjectStore
 
-RESULT_SCHEMA_VERSION = 1
+# 2: the threshold is set for a false-positive rate (target_fpr, tpr, fpr).
+RESULT_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,6 @@ class BatchVerdicts:
 
     verdicts: list[Verdict]
     threshold: CopyThresholdRecord
-    calibrated_now: bool
     object_key: str
 
 
@@ -67,14 +70,18 @@ def detect_batch(
     manifest: BatchManifest,
     setting: DetectionSetting,
 ) -> BatchVerdicts:
-    """Judge every file of the batch; its verdicts replace earlier ones in one transaction."""
+    """Judge every file of the batch; its verdicts replace earlier ones in one transaction.
+
+    Uses the threshold recorded for the current served index and setting; raises
+    `NoThreshold` (before touching the catalog) when there is none.
+    """
     batch_id = manifest.batch_id
+    served = open_served(store, catalog)
+    threshold = current_threshold(catalog, served, setting)
     queries = read_queries(store, manifest)
     catalog.create_batch(
         batch_id, kind="query", source_prefix=QUERY_INBOX_PREFIX, n_files=len(queries)
     )
-    served = open_served(store, catalog)
-    threshold, calibrated_now = current_threshold(store, catalog, extractor, served, setting)
     verdicts = detect(queries, store, extractor, served, catalog, threshold, setting)
     catalog.replace_copy_detections(batch_id, catalog_rows(verdicts, threshold))
     key = copy_detections_key(batch_id, threshold.id)
@@ -83,9 +90,9 @@ def detect_batch(
         "batch_id": batch_id,
         "index_version": threshold.index_version,
         "served_index": threshold.served_index_id,
-        "threshold": {"id": threshold.id, "value": threshold.threshold, "metric": threshold.metric},
+        "threshold": threshold_document(threshold),
         "setting": setting.model_dump(),
         "verdicts": [v.to_dict() for v in verdicts],
     }
     store.put_bytes(key, json.dumps(payload, indent=2).encode(), content_type="application/json")
-    return BatchVerdicts(verdicts, threshold, calibrated_now, key)
+    return BatchVerdicts(verdicts, threshold, key)

@@ -1,8 +1,10 @@
 """Copy detection: suspicious files decoded safely, embedded, searched and judged.
 
-A query's score is the cosine (or L2) of its descriptor to the stored ORIGINAL descriptor of
-each catalog image in its top-k shortlist from the served index: the index finds candidates,
-the re-rank decides (PQ distances alone cannot separate copies from unrelated photos).
+A query's score is the squared L2 distance (or inner product) of its descriptor to the
+stored ORIGINAL descriptor of each catalog image in its top-k shortlist from the served
+index: the index finds candidates, the re-rank decides (PQ distances alone cannot separate
+copies from unrelated photos). `top_matches` is that one score: `aindex query`, the query
+batches, the threshold's calibration and the robustness reports all use it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from aindex_assets.lib.copydetection import (
-    DEFAULT_TARGET_PRECISION,
+    DEFAULT_TARGET_FPR,
     TopMatch,
     passes,
     reranked_top_match,
@@ -35,13 +37,21 @@ class ExtractorMismatch(ValueError):
 
 
 class DetectionSetting(BaseModel, frozen=True):
-    """How queries are searched and how the threshold is calibrated for them."""
+    """How queries are searched and how the threshold is calibrated for them.
+
+    A threshold is recorded per served index and (k, nprobe, target_fpr); the other
+    fields only shape the calibration queries: `max_matching` activated images edited
+    `edits_per_image` times each, `max_negatives` unrelated photos edited
+    `edits_per_negative` times each (the non-matching queries; 1/target_fpr of them are
+    needed to resolve the rate).
+    """
 
     k: int = 10
     nprobe: int = 1
-    target_precision: float = DEFAULT_TARGET_PRECISION
+    target_fpr: float = DEFAULT_TARGET_FPR
     seed: int = 0
     edits_per_image: int = 2
+    edits_per_negative: int = 14
     max_matching: int = 48
     max_negatives: int = 16
 
@@ -67,6 +77,17 @@ class OriginalDescriptors:
         return {i: self.vectors[i] for i in wanted if i in self.vectors}
 
 
+def rerank(
+    vectors: np.ndarray, ids: np.ndarray, served: ServedSearch, originals: OriginalDescriptors
+) -> list[TopMatch | None]:
+    """Each vector's top catalog match among its top-k `ids`, scored on original descriptors."""
+    known = originals.of(ids)
+    return [
+        reranked_top_match(v, row, known, DISTRACTOR_ID_BASE, served.higher_is_better)
+        for v, row in zip(vectors, ids, strict=True)
+    ]
+
+
 def top_matches(
     vectors: np.ndarray,
     served: ServedSearch,
@@ -75,12 +96,7 @@ def top_matches(
 ) -> tuple[list[TopMatch | None], np.ndarray, np.ndarray]:
     """Each vector's re-ranked top catalog match, and the index's (scores, ids) of its top k."""
     scores, ids = served.search(vectors, setting.k, setting.nprobe)
-    known = originals.of(ids)
-    matches = [
-        reranked_top_match(v, row, known, DISTRACTOR_ID_BASE, served.higher_is_better)
-        for v, row in zip(vectors, ids, strict=True)
-    ]
-    return matches, scores, ids
+    return rerank(vectors, ids, served, originals), scores, ids
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from aindex_assets.lib.extractors import Extractor
-from aindex_assets.services.copy_detection.calibration import current_threshold
+from aindex_assets.services.copy_detection.calibration import (
+    current_threshold,
+    threshold_document,
+)
 from aindex_assets.services.copy_detection.detection import (
     DetectionSetting,
     QueryFile,
@@ -26,22 +29,13 @@ class Judgement:
 
     served: ServedSearch
     threshold: CopyThresholdRecord
-    calibrated_now: bool
     verdicts: list[Verdict]
 
     def to_dict(self) -> dict[str, Any]:
-        threshold = self.threshold
         return {
             "index_version": self.served.version.id,
             "served_index": self.served.served.id,
-            "threshold": {
-                "id": threshold.id,
-                "value": threshold.threshold,
-                "metric": threshold.metric,
-                "target_precision": threshold.target_precision,
-                "reached": threshold.reached,
-                "calibrated_now": self.calibrated_now,
-            },
+            "threshold": threshold_document(self.threshold),
             "results": [v.to_dict() for v in self.verdicts],
         }
 
@@ -55,11 +49,11 @@ def judge_files(
 ) -> Judgement:
     """Judge local files against the served index without touching the inbox.
 
-    The threshold is the one recorded for the current served index, calibrated (and
-    recorded) first when there is none.
+    The threshold is the one recorded for the current served index and setting; with
+    none, `NoThreshold` says how to record one (nothing is calibrated here).
     """
     served = open_served(store, catalog)
-    threshold, calibrated_now = current_threshold(store, catalog, extractor, served, setting)
+    threshold = current_threshold(catalog, served, setting)
     queries = [QueryFile(str(path), path.read_bytes()) for path in paths]
     verdicts = detect(queries, store, extractor, served, catalog, threshold, setting)
-    return Judgement(served, threshold, calibrated_now, verdicts)
+    return Judgement(served, threshold, verdicts)

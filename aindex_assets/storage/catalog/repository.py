@@ -1,21 +1,4 @@
-"""The metadata catalog: images, batches, index versions, activations, shards, reports.
-
-SQLAlchemy 2 models on SQLite (embedded default) or PostgreSQL (production), with
-Alembic migrations applied by :meth:`Catalog.open`. The :class:`Catalog` repository
-is the only way in: every method is one transaction, writes are idempotent where a
-re-run could repeat them, and results are frozen dataclasses detached from any
-session, so callers never hold a connection.
-
-Concurrency: inserts that several processes can race on use the dialect's
-``INSERT ... ON CONFLICT``; pointer switches (active index version, current served
-index) and id allocation are serialised (PostgreSQL advisory locks; on SQLite every
-write transaction is ``BEGIN IMMEDIATE`` in WAL mode with a busy timeout) and
-protected by partial unique indexes, so a race fails loudly instead of leaving two
-"current" rows.
-
-``images.id`` is the FAISS id of the image: it is never reused (SQLite
-``AUTOINCREMENT``, a PostgreSQL identity sequence).
-"""
+"""The `Catalog` repository: every method one transaction (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -24,490 +7,58 @@ import hashlib
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from aindex_assets.settings import normalize_database_url, redact_url
+from aindex_assets.storage.catalog.models import (
+    _ADVISORY_NAMESPACE,
+    BATCH_STATUSES,
+    DUPLICATE_REASON_PREFIX,
+    IMAGE_STATUSES,
+    REPORT_VARIANTS,
+    SQLITE_BUSY_TIMEOUT_MS,
+    Activation,
+    Base,
+    Batch,
+    CopyDetection,
+    CopyThreshold,
+    Cursor,
+    Extractor,
+    IdCounter,
+    Image,
+    InboxClaim,
+    IndexShard,
+    IndexVersion,
+    RejectedFile,
+    Report,
+    ReportRow,
+    ServedIndex,
+    utcnow,
+)
+from aindex_assets.storage.catalog.records import (
+    ActivationRecord,
+    BatchRecord,
+    CopyDetectionRecord,
+    CopyThresholdRecord,
+    ExtractorRecord,
+    ImageRecord,
+    InboxClaimRecord,
+    IndexVersionRecord,
+    RejectedFileRecord,
+    ReportRecord,
+    ReportRowRecord,
+    ServedIndexRecord,
+    ShardRecord,
+    _record,
+)
 from aindex_assets.storage.keys import check_batch_id
-
-IMAGE_STATUSES = ("registered", "rejected", "embedded", "activated", "indexed")
-BATCH_STATUSES = ("open", "ingested", "embedded", "activated", "indexed", "reported", "failed")
-REPORT_VARIANTS = ("passive", "active")
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-# pg_advisory_xact_lock keys: a fixed namespace plus a CRC of the lock name.
-_ADVISORY_NAMESPACE = 0x41494458  # "AIDX"
-
-# BIGINT on PostgreSQL; INTEGER on SQLite, where only "INTEGER PRIMARY KEY" aliases the rowid.
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy's declared class attribute)
-        dict[str, Any]: sa.JSON(),
-        list[Any]: sa.JSON(),
-        datetime: sa.DateTime(timezone=True),
-    }
-
-
-class Batch(Base):
-    __tablename__ = "batches"
-
-    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
-    kind: Mapped[str] = mapped_column(sa.String(32))
-    status: Mapped[str] = mapped_column(sa.String(32), default="open")
-    n_files: Mapped[int] = mapped_column(default=0)
-    source_prefix: Mapped[str] = mapped_column(sa.String(1024), default="")
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-
-class Image(Base):
-    __tablename__ = "images"
-    __table_args__ = (
-        sa.Index("ix_images_batch_status", "batch_id", "status"),
-        {"sqlite_autoincrement": True},
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    content_hash: Mapped[str] = mapped_column(sa.String(128), unique=True)
-    source_key: Mapped[str] = mapped_column(sa.String(1024))
-    original_key: Mapped[str] = mapped_column(sa.String(1024))
-    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"))
-    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
-    format: Mapped[str] = mapped_column(sa.String(16))
-    width: Mapped[int]
-    height: Mapped[int]
-    status: Mapped[str] = mapped_column(sa.String(16), default="registered")
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-
-class RejectedFile(Base):
-    __tablename__ = "rejected_files"
-    __table_args__ = (sa.UniqueConstraint("batch_id", "source_key"),)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"))
-    source_key: Mapped[str] = mapped_column(sa.String(1024))
-    content_hash: Mapped[str | None] = mapped_column(sa.String(128))
-    reason: Mapped[str] = mapped_column(sa.Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class Extractor(Base):
-    __tablename__ = "extractors"
-
-    identity: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
-    spec: Mapped[str] = mapped_column(sa.String(1024))
-    dim: Mapped[int]
-    input_size: Mapped[int]
-    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class IndexVersion(Base):
-    __tablename__ = "index_versions"
-    __table_args__ = (
-        # At most one active version, enforced by the database itself.
-        sa.Index(
-            "uq_index_versions_one_active",
-            "is_active",
-            unique=True,
-            postgresql_where=sa.text("is_active"),
-            sqlite_where=sa.text("is_active"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    factory: Mapped[str] = mapped_column(sa.String(256))
-    metric: Mapped[str] = mapped_column(sa.String(16))
-    dim: Mapped[int]
-    extractor_identity: Mapped[str] = mapped_column(sa.ForeignKey("extractors.identity"))
-    n_train: Mapped[int]
-    training_set: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    object_key: Mapped[str | None] = mapped_column(sa.String(1024))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    activated_at: Mapped[datetime | None]
-    retired_at: Mapped[datetime | None]
-    retired_by: Mapped[int | None] = mapped_column(sa.ForeignKey("index_versions.id"))
-    is_active: Mapped[bool] = mapped_column(default=False)
-
-
-class Activation(Base):
-    __tablename__ = "activations"
-    __table_args__ = (sa.UniqueConstraint("image_id", "index_version"),)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id"))
-    index_version: Mapped[int] = mapped_column(sa.ForeignKey("index_versions.id"))
-    extractor_identity: Mapped[str] = mapped_column(sa.String(128))
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    psnr: Mapped[float]
-    ssim: Mapped[float]
-    linf: Mapped[float]
-    distance_before: Mapped[float]
-    distance_after: Mapped[float]
-    object_key: Mapped[str] = mapped_column(sa.String(1024))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class IndexShard(Base):
-    __tablename__ = "index_shards"
-    __table_args__ = (sa.UniqueConstraint("batch_id", "index_version"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"))
-    index_version: Mapped[int] = mapped_column(sa.ForeignKey("index_versions.id"))
-    object_key: Mapped[str] = mapped_column(sa.String(1024))
-    n_vectors: Mapped[int]
-    ids_checksum: Mapped[str] = mapped_column(sa.String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class ServedIndex(Base):
-    __tablename__ = "served_indexes"
-    __table_args__ = (
-        sa.Index(
-            "uq_served_indexes_one_current",
-            "index_version",
-            unique=True,
-            postgresql_where=sa.text("is_current"),
-            sqlite_where=sa.text("is_current"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    index_version: Mapped[int] = mapped_column(sa.ForeignKey("index_versions.id"))
-    object_key: Mapped[str] = mapped_column(sa.String(1024))
-    ntotal: Mapped[int] = mapped_column(sa.BigInteger)
-    batch_ids: Mapped[list[Any]] = mapped_column(default=list)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    is_current: Mapped[bool] = mapped_column(default=False)
-
-
-class Report(Base):
-    __tablename__ = "reports"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"), index=True)
-    kind: Mapped[str] = mapped_column(sa.String(32))
-    payload: Mapped[dict[str, Any]]
-    object_key: Mapped[str | None] = mapped_column(sa.String(1024))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class ReportRow(Base):
-    __tablename__ = "report_rows"
-    __table_args__ = (sa.UniqueConstraint("report_id", "edit", "variant"),)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    report_id: Mapped[int] = mapped_column(sa.ForeignKey("reports.id"))
-    edit: Mapped[str] = mapped_column(sa.String(128))
-    variant: Mapped[str] = mapped_column(sa.String(16))
-    n: Mapped[int]
-    recall_at_1: Mapped[float]
-    recall_at_10: Mapped[float | None]
-    mrr: Mapped[float | None]
-    micro_ap: Mapped[float | None]
-
-
-class CopyDetection(Base):
-    __tablename__ = "copy_detections"
-    __table_args__ = (sa.UniqueConstraint("batch_id", "query_key"),)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    batch_id: Mapped[str] = mapped_column(sa.ForeignKey("batches.id"))
-    query_key: Mapped[str] = mapped_column(sa.String(1024))
-    query_hash: Mapped[str | None] = mapped_column(sa.String(128))
-    image_id: Mapped[int | None] = mapped_column(sa.ForeignKey("images.id"))
-    score: Mapped[float | None]
-    is_copy: Mapped[bool]
-    threshold: Mapped[float]
-    index_version: Mapped[int | None] = mapped_column(sa.ForeignKey("index_versions.id"))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # Added by migration 0002: the top-k results, a rejected file's reason, the calibration.
-    rank: Mapped[int | None]
-    matches: Mapped[list[Any] | None]
-    reason: Mapped[str | None] = mapped_column(sa.Text)
-    threshold_id: Mapped[int | None] = mapped_column(sa.ForeignKey("copy_thresholds.id"))
-
-
-class CopyThreshold(Base):
-    """A copy / not-a-copy threshold calibrated for one served index and search setting."""
-
-    __tablename__ = "copy_thresholds"
-    __table_args__ = (sa.Index("ix_copy_thresholds_served", "served_index_id"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    index_version: Mapped[int] = mapped_column(sa.ForeignKey("index_versions.id"))
-    served_index_id: Mapped[int] = mapped_column(sa.ForeignKey("served_indexes.id"))
-    metric: Mapped[str] = mapped_column(sa.String(16))
-    k: Mapped[int]
-    nprobe: Mapped[int]
-    target_precision: Mapped[float]
-    threshold: Mapped[float]
-    reached: Mapped[bool]
-    precision: Mapped[float | None]
-    recall: Mapped[float | None]
-    n_matching: Mapped[int]
-    n_non_matching: Mapped[int]
-    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class Cursor(Base):
-    """Named positions (e.g. the last inbox key claimed), advanced by compare-and-set."""
-
-    __tablename__ = "cursors"
-
-    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    value: Mapped[str | None] = mapped_column(sa.String(1024))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-
-class IdCounter(Base):
-    """Ids handed out before their row exists (object keys carry them)."""
-
-    __tablename__ = "id_counters"
-
-    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    value: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-
-
-CLAIM_STATUSES = ("claimed", "moved", "rejected")
-# A claim is open until its object has left the inbox: at most one open claim per inbox key.
-OPEN_CLAIM = sa.text("status <> 'moved'")
-
-
-class InboxClaim(Base):
-    """An inbox object claimed by one batch (see `services/inbox.py` for the protocol).
-
-    ``claimed``: the batch owns the key and is moving the object to ``claimed_key``;
-    ``moved``: the object is at ``claimed_key`` and gone from the inbox (a later upload under
-    the same key is a new file); ``rejected``: a name the store cannot address, kept out of
-    every later batch. Keys are compared through ``key_hash`` (SHA-256 of the key), so a
-    long name never overflows a PostgreSQL index entry.
-    """
-
-    __tablename__ = "inbox_claims"
-    __table_args__ = (
-        sa.Index(
-            "uq_inbox_claims_one_open",
-            "inbox",
-            "key_hash",
-            unique=True,
-            postgresql_where=OPEN_CLAIM,
-            sqlite_where=OPEN_CLAIM,
-        ),
-        sa.Index("ix_inbox_claims_batch", "batch_id"),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    inbox: Mapped[str] = mapped_column(sa.String(32))
-    source_key: Mapped[str] = mapped_column(sa.Text)
-    key_hash: Mapped[str] = mapped_column(sa.String(64))
-    batch_id: Mapped[str] = mapped_column(sa.String(128))
-    claimed_key: Mapped[str | None] = mapped_column(sa.String(1024))
-    status: Mapped[str] = mapped_column(sa.String(16))
-    reason: Mapped[str | None] = mapped_column(sa.Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-
-# ---------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    id: str
-    kind: str
-    status: str
-    n_files: int
-    source_prefix: str
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    id: int
-    content_hash: str
-    source_key: str
-    original_key: str
-    batch_id: str
-    size_bytes: int
-    format: str
-    width: int
-    height: int
-    status: str
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class RejectedFileRecord:
-    batch_id: str
-    source_key: str
-    content_hash: str | None
-    reason: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class ExtractorRecord:
-    identity: str
-    spec: str
-    dim: int
-    input_size: int
-    details: dict[str, Any]
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class IndexVersionRecord:
-    id: int
-    factory: str
-    metric: str
-    dim: int
-    extractor_identity: str
-    n_train: int
-    training_set: dict[str, Any]
-    object_key: str | None
-    created_at: datetime
-    activated_at: datetime | None
-    retired_at: datetime | None
-    retired_by: int | None
-    is_active: bool
-
-
-@dataclass(frozen=True)
-class ActivationRecord:
-    image_id: int
-    index_version: int
-    extractor_identity: str
-    params: dict[str, Any]
-    psnr: float
-    ssim: float
-    linf: float
-    distance_before: float
-    distance_after: float
-    object_key: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class ShardRecord:
-    batch_id: str
-    index_version: int
-    object_key: str
-    n_vectors: int
-    ids_checksum: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class ServedIndexRecord:
-    id: int
-    index_version: int
-    object_key: str
-    ntotal: int
-    batch_ids: list[str]
-    created_at: datetime
-    is_current: bool
-
-
-@dataclass(frozen=True)
-class ReportRowRecord:
-    edit: str
-    variant: str
-    n: int
-    recall_at_1: float
-    recall_at_10: float | None = None
-    mrr: float | None = None
-    micro_ap: float | None = None
-
-
-@dataclass(frozen=True)
-class ReportRecord:
-    id: int
-    batch_id: str
-    kind: str
-    payload: dict[str, Any]
-    object_key: str | None
-    created_at: datetime
-    rows: tuple[ReportRowRecord, ...]
-
-
-@dataclass(frozen=True)
-class CopyDetectionRecord:
-    id: int
-    batch_id: str
-    query_key: str
-    query_hash: str | None
-    image_id: int | None
-    score: float | None
-    is_copy: bool
-    threshold: float
-    index_version: int | None
-    created_at: datetime
-    rank: int | None
-    matches: list[Any] | None
-    reason: str | None
-    threshold_id: int | None
-
-
-@dataclass(frozen=True)
-class CopyThresholdRecord:
-    id: int
-    index_version: int
-    served_index_id: int
-    metric: str
-    k: int
-    nprobe: int
-    target_precision: float
-    threshold: float
-    reached: bool
-    precision: float | None
-    recall: float | None
-    n_matching: int
-    n_non_matching: int
-    details: dict[str, Any]
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class InboxClaimRecord:
-    inbox: str
-    source_key: str
-    batch_id: str
-    claimed_key: str | None
-    status: str
-    reason: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-R = TypeVar("R")
-
-
-def _record(cls: type[R], row: Base, **extra: Any) -> R:
-    values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name not in extra}  # type: ignore[arg-type]
-    for name, value in values.items():
-        if isinstance(value, datetime) and value.tzinfo is None:
-            values[name] = value.replace(tzinfo=UTC)  # SQLite drops the zone; values are UTC
-    return cls(**values, **extra)
 
 
 def ids_checksum(ids: Iterable[int]) -> str:
@@ -776,18 +327,23 @@ class Catalog:
             return int(session.scalar(query) or 0)
 
     def status_counts(self) -> dict[str, dict[str, int]]:
-        """{batch id: {status: number of images}}, rejected files counted as ``rejected``."""
+        """{batch id: {status: number of images}}: rejected files counted as ``rejected``,
+        files whose bytes an earlier file registered as ``duplicate``."""
         counts: dict[str, dict[str, int]] = {}
         images = sa.select(Image.batch_id, Image.status, sa.func.count()).group_by(
             Image.batch_id, Image.status
         )
-        rejected = sa.select(RejectedFile.batch_id, sa.func.count()).group_by(RejectedFile.batch_id)
+        is_duplicate = RejectedFile.reason.startswith(DUPLICATE_REASON_PREFIX, autoescape=True)
+        rejected = sa.select(RejectedFile.batch_id, is_duplicate, sa.func.count()).group_by(
+            RejectedFile.batch_id, is_duplicate
+        )
         with self._read() as session:
             for batch_id, status, n in session.execute(images):
                 counts.setdefault(batch_id, {})[status] = int(n)
-            for batch_id, n in session.execute(rejected):
+            for batch_id, duplicate, n in session.execute(rejected):
                 per_batch = counts.setdefault(batch_id, {})
-                per_batch["rejected"] = per_batch.get("rejected", 0) + int(n)
+                status = "duplicate" if duplicate else "rejected"
+                per_batch[status] = per_batch.get(status, 0) + int(n)
         return counts
 
     # -- rejected files ---------------------------------------------------------------
@@ -812,6 +368,20 @@ class Catalog:
         )
         with self._write() as session:
             session.execute(statement)
+
+    def record_duplicate(
+        self, batch_id: str, source_key: str, image: ImageRecord, content_hash: str
+    ) -> str:
+        """Record that this batch's `source_key` holds the bytes of `image`; the reason.
+
+        Kept with the rejected files (one row per batch and name, a re-run updates it), with
+        a reason starting "duplicate of image <id>" that `status_counts` counts apart.
+        """
+        first = f"first ingested as {image.source_key}"
+        where = "in this batch" if image.batch_id == batch_id else f"in batch {image.batch_id}"
+        reason = f"{DUPLICATE_REASON_PREFIX}{image.id} ({first}, {where})"
+        self.reject_file(batch_id, source_key, reason, content_hash=content_hash)
+        return reason
 
     def rejected_in_batch(self, batch_id: str) -> list[RejectedFileRecord]:
         query = (
@@ -1217,27 +787,38 @@ class Catalog:
         metric: str,
         k: int,
         nprobe: int,
-        target_precision: float,
+        target_fpr: float,
         threshold: float,
-        reached: bool,
+        resolved: bool,
+        tpr: float | None,
+        fpr: float | None,
         precision: float | None,
-        recall: float | None,
         n_matching: int,
         n_non_matching: int,
         details: Mapping[str, Any] | None = None,
     ) -> CopyThresholdRecord:
-        """Record a calibration; the latest one for a served index and setting is the one used."""
+        """Record a calibration; the latest one for a served index and setting is the one used.
+
+        `resolved`: whether `n_non_matching` resolves `target_fpr` (stored as `reached`).
+        """
+
+        def number(value: float | None) -> float | None:
+            return None if value is None else float(value)
+
         row = CopyThreshold(
             index_version=int(index_version),
             served_index_id=int(served_index_id),
             metric=metric,
             k=int(k),
             nprobe=int(nprobe),
-            target_precision=float(target_precision),
+            target_precision=None,
+            target_fpr=float(target_fpr),
             threshold=float(threshold),
-            reached=bool(reached),
-            precision=None if precision is None else float(precision),
-            recall=None if recall is None else float(recall),
+            reached=bool(resolved),
+            tpr=number(tpr),
+            fpr=number(fpr),
+            precision=number(precision),
+            recall=number(tpr),
             n_matching=int(n_matching),
             n_non_matching=int(n_non_matching),
             details=dict(details or {}),
@@ -1249,16 +830,16 @@ class Catalog:
             return _record(CopyThresholdRecord, row)
 
     def copy_threshold(
-        self, served_index_id: int, k: int, nprobe: int, target_precision: float
+        self, served_index_id: int, k: int, nprobe: int, target_fpr: float
     ) -> CopyThresholdRecord | None:
-        """The latest calibration for this served index and search setting, if any."""
+        """The latest threshold for this served index, search setting and target FPR, if any."""
         query = (
             sa.select(CopyThreshold)
             .where(
                 CopyThreshold.served_index_id == served_index_id,
                 CopyThreshold.k == k,
                 CopyThreshold.nprobe == nprobe,
-                CopyThreshold.target_precision == target_precision,
+                CopyThreshold.target_fpr == float(target_fpr),
             )
             .order_by(CopyThreshold.id.desc())
             .limit(1)
