@@ -47,6 +47,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/storage.py
 	$(BIN)/python benchmarks/activation.py
 	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/batch_memory.py
 
 clean:
 	rm -rf $(VENV) aindex_data .dagster_home .pytest_cache .ruff_cache
