@@ -19,8 +19,12 @@ A missing server skips the test, unless ``AINDEX_REQUIRE_SERVICES=1`` (CI), wher
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -151,3 +155,32 @@ def catalog(catalog_url: str) -> Iterator[Catalog]:
     opened = Catalog.open(catalog_url)
     yield opened
     opened.close()
+
+
+def stop_process_group(process: subprocess.Popen, what: str) -> None:
+    """End a process started with `start_new_session` and every member of its group.
+
+    Dagster's code server (`dagster api grpc`, about 1 GB once torch is loaded) and run
+    workers outlive the webserver or daemon that started them, orphaned: SIGTERM the group,
+    SIGKILL what is left, then make sure no member survives.
+    """
+    os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+    def group_alive() -> list[str]:
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+                if int(group) == process.pid and state not in "ZX":
+                    alive.append(stat.parent.name)
+        return alive
+
+    deadline = time.monotonic() + 10  # SIGKILLed: gone within moments
+    while group_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not group_alive(), f"{what} processes survived: {group_alive()}"

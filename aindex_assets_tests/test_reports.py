@@ -6,13 +6,10 @@ report: packaged negatives), then `robustness_report` alone once more with photo
 UI test can serve it with `dagster-webserver`.
 """
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from aindex_assets_tests.browser import (
     wait_for_http,
 )
 from aindex_assets_tests.dagster_helpers import small_photos
+from aindex_assets_tests.servers import stop_process_group
 from aindex_assets_tests.test_definitions import drop, execute_sensor_result, tick
 
 SECOND = ["none", "jpeg_50", "rotate_90"]  # the second report's edits: keeps the run short
@@ -280,28 +278,7 @@ def test_dagster_ui_shows_the_report(materialized: Materialized, tmp_path: Path)
             loaded = page.wait_for(f"[...{images_js}].every(i => i.complete && i.naturalWidth)")
             pixels = page.screenshot(tmp_path / "ui-figures.png")
     finally:
-        # The webserver's code server (`dagster api grpc`, about 1 GB once torch is loaded)
-        # outlives it by up to a minute, orphaned: end the whole group, then make sure.
-        os.killpg(server.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
-
-        def group_alive() -> list[str]:
-            alive = []
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-                    if int(group) == server.pid and state not in "ZX":
-                        alive.append(stat.parent.name)
-            return alive
-
-        deadline = time.monotonic() + 10  # SIGKILLed: gone within moments
-        while group_alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not group_alive(), f"the webserver's processes survived: {group_alive()}"
+        stop_process_group(server, "the webserver's")
     assert [cells[i] for i in range(0, len(cells), 13)] == [*SECOND, "average"]
     assert len(cells) == (len(SECOND) + 1) * 13  # edit + 2 variants x (4 metrics + 2 TPRs)
     assert images == 4 and loaded

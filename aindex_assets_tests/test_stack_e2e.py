@@ -8,9 +8,7 @@ PNGs in S3 and the rows in PostgreSQL. Every process it starts is stopped.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.objectstore import open_object_store
 from aindex_assets_tests.dagster_helpers import FAST_RUN_CONFIG, small_photos
+from aindex_assets_tests.servers import stop_process_group
 
 pytestmark = pytest.mark.services
 
@@ -119,29 +118,8 @@ def test_daemon_sensor_activates_uploads_on_postgres_and_s3(
             daemon,
         )
     finally:
-        # The daemon's code server (`dagster api grpc`, about 1 GB once torch is loaded) and
-        # run workers outlive it, orphaned: end the whole group, then make sure.
-        os.killpg(daemon.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait(timeout=30)
+        stop_process_group(daemon, "the daemon's")
         log.close()
-
-        def group_alive() -> list[str]:
-            alive = []
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-                    if int(group) == daemon.pid and state not in "ZX":
-                        alive.append(stat.parent.name)
-            return alive
-
-        deadline = time.monotonic() + 10  # SIGKILLed: gone within moments
-        while group_alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not group_alive(), f"the daemon's processes survived: {group_alive()}"
 
     activations = catalog.activations()
     assert len(activations) == len(photos)

@@ -43,7 +43,7 @@ from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.extractors import load_extractor
 from aindex_assets.lib.images import encode_png
 from aindex_assets.lib.photos import split_demo_photos
-from aindex_assets.services.activation import activate_batch, images_to_activate
+from aindex_assets.services.activation import activate_batch, images_to_activate, record_release
 from aindex_assets.services.embeddings import embed_batch
 from aindex_assets.services.index import (
     load_batch_descriptors,
@@ -58,7 +58,7 @@ from aindex_assets.services.ingest import ingest_batch
 from aindex_assets.storage.arrays import encode_descriptors
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import BatchManifest
-from aindex_assets.storage.keys import activated_key, training_embeddings_key
+from aindex_assets.storage.keys import training_embeddings_key
 from aindex_assets.storage.objectstore import LocalObjectStore
 
 BATCH = "bench-memory"
@@ -134,20 +134,7 @@ def activate_whole_batch(store, catalog, extractor, params: ActivationParams) ->
         database=database,
     )
     for image, result in zip(todo, results, strict=True):
-        key = activated_key(version.id, image.content_hash)
-        store.put_bytes(key, encode_png(result.image), content_type="image/png")
-        catalog.record_activation(
-            image_id=image.id,
-            index_version=version.id,
-            extractor_identity=extractor.identity,
-            params=params.to_dict(),
-            psnr=result.psnr,
-            ssim=result.ssim,
-            linf=result.linf,
-            distance_before=result.distance_before,
-            distance_after=result.distance_after,
-            object_key=key,
-        )
+        record_release(store, catalog, version.id, extractor, params, image, result)
     catalog.set_status([i.id for i in todo], "activated")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from aindex_assets.lib.activation import (
     ActivationParams,
+    ActivationResult,
     activate,
     noise_generator,
     plan_chunks,
@@ -126,21 +127,34 @@ def activate_batch(
             generator=generator,
         )
         for image, result in zip(images, results, strict=True):
-            key = activated_key(version.id, image.content_hash)
-            store.put_bytes(key, encode_png(result.image), content_type="image/png")
-            catalog.record_activation(
-                image_id=image.id,
-                index_version=version.id,
-                extractor_identity=extractor.identity,
-                params=params.to_dict(),
-                psnr=result.psnr,
-                ssim=result.ssim,
-                linf=result.linf,
-                distance_before=result.distance_before,
-                distance_after=result.distance_after,
-                object_key=key,
-            )
+            record_release(store, catalog, version.id, extractor, params, image, result)
             outcome.released.append((image, result.psnr, result.ssim))
         catalog.set_status([i.id for i in images], "activated")
         del results  # the chunk's full-resolution releases, before the next chunk is read
     return outcome
+
+
+def record_release(
+    store: ObjectStore,
+    catalog: Catalog,
+    version_id: int,
+    extractor: Extractor,
+    params: ActivationParams,
+    image: ImageRecord,
+    result: ActivationResult,
+) -> None:
+    """Store one release as a lossless PNG, then record its activation (object first)."""
+    key = activated_key(version_id, image.content_hash)
+    store.put_bytes(key, encode_png(result.image), content_type="image/png")
+    catalog.record_activation(
+        image_id=image.id,
+        index_version=version_id,
+        extractor_identity=extractor.identity,
+        params=params.to_dict(),
+        psnr=result.psnr,
+        ssim=result.ssim,
+        linf=result.linf,
+        distance_before=result.distance_before,
+        distance_after=result.distance_after,
+        object_key=key,
+    )
