@@ -219,6 +219,7 @@ def status_payload(catalog: Catalog) -> dict:
     counts = catalog.status_counts()
     refused = {batch: catalog.rejected_in_batch(batch) for batch in counts}
     version = catalog.active_index_version()
+    served_from = served_versions(catalog)
     return {
         "index_version": None
         if version is None
@@ -227,6 +228,7 @@ def status_payload(catalog: Catalog) -> dict:
             {
                 "batch_id": batch,
                 "counts": by_status,
+                "served_from_versions": served_from.get(batch, []),
                 "rejected": [
                     {"source_key": r.source_key, "reason": r.reason}
                     for r in refused[batch]
@@ -241,6 +243,16 @@ def status_payload(catalog: Catalog) -> dict:
             for batch, by_status in counts.items()
         ],
     }
+
+
+def served_versions(catalog: Catalog) -> dict[str, list[int]]:
+    """{batch: the index versions whose current served index holds it}."""
+    found: dict[str, list[int]] = {}
+    for index_version in catalog.index_versions():
+        served = catalog.current_served_index(index_version.id)
+        for batch_id in served.batch_ids if served else []:
+            found.setdefault(batch_id, []).append(index_version.id)
+    return found
 
 
 def duplicate_entry(catalog: Catalog, key: str, reason: str, content_hash: str | None) -> dict:
@@ -258,10 +270,19 @@ def status_text(payload: dict) -> str:
     ]
     for batch in payload["batches"]:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(batch["counts"].items()))
-        lines.append(f"{shown(batch['batch_id'])}: {counts}")
+        lines.append(f"{shown(batch['batch_id'])}: {counts}{serving(batch)}")
         for kind, entries in (("rejected", batch["rejected"]), ("duplicate", batch["duplicates"])):
             lines += [f"    {kind} {shown(r['source_key'])}: {shown(r['reason'])}" for r in entries]
     return "\n".join(lines)
+
+
+def serving(batch: dict) -> str:
+    """Where a batch's released images are searched: its versions' served indexes."""
+    versions = ", ".join(f"v{v}" for v in batch["served_from_versions"])
+    if versions:
+        return f"; served from {versions}"
+    released = {"activated", "indexed"} & set(batch["counts"])
+    return "; not served yet" if released else ""
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

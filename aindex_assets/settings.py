@@ -7,9 +7,14 @@ Variables (defaults in brackets):
 - ``AINDEX_S3_ENDPOINT``: e.g. ``http://127.0.0.1:8333``; the scheme decides TLS.
 - ``AINDEX_S3_ACCESS_KEY`` / ``AINDEX_S3_SECRET_KEY``: credentials (required with ``s3``).
 - ``AINDEX_S3_BUCKET`` [``aindex``] and ``AINDEX_S3_REGION`` [unset].
-- ``AINDEX_EXTRACTOR`` [``efficientnet_lite0``]: the feature extractor, also
-  ``torchscript:<path|url>[#sha256=<hex>]`` or ``torchvision:<arch>:<weights path>``.
+- ``AINDEX_EXTRACTOR`` [``sscd_distilled``]: the feature extractor, also ``sscd``,
+  ``efficientnet_lite0``, ``torchscript:<path|url>[#sha256=<hex>]`` or
+  ``torchvision:<arch>:<weights path>``.
 - ``AINDEX_DEVICE`` [``auto``]: ``auto``, ``cpu`` or ``cuda``.
+- ``AINDEX_PACKAGED_PHOTOS`` [``allow`` on the embedded default, ``refuse`` otherwise]:
+  whether the photos that ship inside packages may stand in for an empty
+  ``training/images/`` (index training, distractors) or ``negatives/`` (copy thresholds,
+  reports). A deployment on S3 or PostgreSQL must say ``allow`` to use them.
 - ``AINDEX_DATABASE_URL`` [``sqlite:///<data_dir>/catalog.db``]: SQLite or PostgreSQL;
   ``postgres://`` and ``postgresql://`` become ``postgresql+psycopg2://`` (with a bare
   ``postgresql://`` SQLAlchemy 2.1 would pick psycopg 3, which is not installed).
@@ -28,6 +33,8 @@ from urllib.parse import urlsplit
 
 OBJECT_STORE_KINDS = ("local", "s3")
 DEFAULT_DATA_DIR = Path("aindex_data")
+# The copy-detection descriptor (see README, "Which descriptor"); lib.extractors.DEFAULT_SPEC.
+DEFAULT_EXTRACTOR = "sscd_distilled"
 DEFAULT_BUCKET = "aindex"
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
@@ -57,8 +64,9 @@ class Settings:
     s3_bucket: str = DEFAULT_BUCKET
     s3_region: str | None = None
     database_url: str = ""
-    extractor_spec: str = "efficientnet_lite0"
+    extractor_spec: str = DEFAULT_EXTRACTOR
     device: str = "auto"
+    packaged_photos: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -69,6 +77,13 @@ class Settings:
     @staticmethod
     def default_database_url(data_dir: Path) -> str:
         return f"sqlite:///{Path(data_dir) / 'catalog.db'}"
+
+    @property
+    def allows_packaged_photos(self) -> bool:
+        """Explicit setting, else only on the embedded default (local folder + SQLite)."""
+        if self.packaged_photos is not None:
+            return self.packaged_photos
+        return self.object_store == "local" and self.database_url.startswith("sqlite")
 
     @property
     def objects_dir(self) -> Path:
@@ -95,8 +110,9 @@ class Settings:
             s3_bucket=get("AINDEX_S3_BUCKET") or DEFAULT_BUCKET,
             s3_region=get("AINDEX_S3_REGION"),
             database_url=get("AINDEX_DATABASE_URL") or "",
-            extractor_spec=get("AINDEX_EXTRACTOR") or "efficientnet_lite0",
+            extractor_spec=get("AINDEX_EXTRACTOR") or DEFAULT_EXTRACTOR,
             device=(get("AINDEX_DEVICE") or "auto").lower(),
+            packaged_photos=parse_packaged_photos(get("AINDEX_PACKAGED_PHOTOS")),
         )
 
     def __repr__(self) -> str:
@@ -111,6 +127,7 @@ class Settings:
             "database_url": redact_url(self.database_url),
             "extractor_spec": redact_extractor_spec(self.extractor_spec),
             "device": self.device,
+            "packaged_photos": self.packaged_photos,
         }
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
@@ -163,6 +180,14 @@ class Settings:
                 f"AINDEX_S3_BUCKET={self.s3_bucket!r} is not a valid bucket name "
                 "(3-63 characters: lowercase letters, digits, dots and hyphens)"
             )
+
+
+def parse_packaged_photos(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value.lower() not in ("allow", "refuse"):
+        raise SettingsError(f"AINDEX_PACKAGED_PHOTOS={value!r} must be 'allow' or 'refuse'")
+    return value.lower() == "allow"
 
 
 def _redact(secret: str | None) -> str | None:

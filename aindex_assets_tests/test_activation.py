@@ -70,11 +70,12 @@ def test_batching_by_pixels_gives_nearly_the_same_images(extractor, small_index,
     apart = activate(
         images, extractor, small_index, dataclasses.replace(FAST, max_pixels_per_batch=1)
     )
-    # The loss sums over images and Adam steps per element: batching changes nothing but
-    # float rounding in the batched convolutions.
+    # The loss sums over images and Adam steps per element, and every batch draws the same
+    # edited views: batching changes nothing but float rounding in the batched
+    # convolutions (which the edited views' resampling can carry one level further).
     for a, b in zip(together, apart, strict=True):
         assert np.mean(a.image != b.image) < 0.002
-        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2
 
 
 def test_tensor_inputs_and_paper_preset(extractor, small_index):

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from aindex_assets.defs.copy_detection.assets import copy_threshold
-from aindex_assets.defs.index.assets import index_shard, search_index, trained_index
+from aindex_assets.defs.index.assets import (
+    index_distractors,
+    index_shard,
+    search_index,
+    trained_index,
+    training_embeddings,
+)
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.defs.reports.assets import robustness_report
 from aindex_assets.defs.resources import ExtractorResource, StorageResource
@@ -68,6 +74,28 @@ def test_trained_index_without_training_descriptors_says_which(storage) -> None:
     result = materialize_alone(trained_index, storage)
     assert not result.success
     assert "no training descriptors for this extractor" in failure_text(result)
+
+
+@pytest.mark.parametrize("asset", [training_embeddings, index_distractors])
+def test_production_refuses_to_train_on_packaged_photos(
+    asset: dg.AssetsDefinition, tmp_path: Path
+) -> None:
+    """Outside the embedded default (here: said explicitly) an empty `training/images/`
+    fails the asset, saying what to put there, instead of training on the demo photos."""
+    storage = StorageResource(data_dir=str(tmp_path / "data"), packaged_photos=False)
+    if asset is index_distractors:  # needs an index version first
+        store, catalog = storage.store(), storage.catalog()
+        extractor = ExtractorResource(device="cpu").load()
+        register_extractor(catalog, extractor, "sscd_distilled")
+        vectors = np.random.default_rng(0).standard_normal((64, extractor.dim))
+        key = training_embeddings_key(extractor.identity)
+        store.put_bytes(key, encode_descriptors(np.arange(64), vectors.astype(np.float32)))
+        train_version(store, catalog, extractor, "IVF2,Flat", "l2")
+    result = materialize_alone(asset, storage)
+    assert not result.success
+    message = failure_text(result)
+    assert "training/images/ in the object store holds no usable image" in message
+    assert "AINDEX_PACKAGED_PHOTOS=allow" in message
 
 
 def test_report_of_a_batch_without_activations_is_a_note(storage) -> None:

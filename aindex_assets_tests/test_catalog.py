@@ -62,10 +62,16 @@ def test_migrations_create_every_table_and_match_the_models(catalog_url):
 def test_concurrent_processes_migrate_and_register_without_loss_or_duplicates(catalog_url):
     count, workers = 120, 4
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers) as pool:
+    # close + join, not the context manager: Pool.__exit__ terminates the workers, which
+    # can deadlock on the task queue's lock while an idle worker waits on it.
+    pool = context.Pool(workers)
+    try:
         results = pool.starmap(
             _register_range, [(catalog_url, seed, count) for seed in range(workers)]
         )
+    finally:
+        pool.close()
+        pool.join()
     catalog = Catalog.open(catalog_url)
     ids_by_number: dict[int, set[int]] = {}
     created = 0

@@ -24,6 +24,7 @@ from aindex_assets.lib.edits import PAPER_EDITS
 from aindex_assets.lib.images import content_hash
 from aindex_assets.lib.photos import NEGATIVE_PHOTOS, negative_photos
 from aindex_assets.lib.report import load_schema, summary_stats
+from aindex_assets.services.packaged import MissingPhotos, PackagedPhotos
 from aindex_assets.services.reports import choose_negatives
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
@@ -295,11 +296,13 @@ def test_negatives_skip_indexed_and_broken_files_then_fall_back(local_store, tmp
     )  # fmt: skip
     local_store.put_bytes("negatives/a-indexed.png", indexed)
     local_store.put_bytes("negatives/b-notes.txt", b"not an image")
-    fallback = choose_negatives(local_store, catalog, "negatives/", limit=3)
+    with pytest.raises(MissingPhotos, match="negatives/ in the object store holds no usable"):
+        choose_negatives(local_store, catalog, "negatives/", 3, PackagedPhotos(allowed=False))
+    fallback = choose_negatives(local_store, catalog, "negatives/", 3, PackagedPhotos())
     assert fallback.source == "packaged" and len(fallback.images) == 3
     assert [i["name"] for i in fallback.items] == [f"skimage/{n}" for n in NEGATIVE_PHOTOS[:3]]
     local_store.put_bytes("negatives/c-photo.png", negative_photos()[0][1])
-    stored = choose_negatives(local_store, catalog, "negatives/", limit=32)
+    stored = choose_negatives(local_store, catalog, "negatives/", 32, PackagedPhotos(allowed=False))
     assert stored.source == "store" and [i["name"] for i in stored.items] == [
         "negatives/c-photo.png"
     ]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from aindex_assets.defs.resources import ExtractorResource
+from aindex_assets.lib.extractors import DEFAULT_SPEC
 from aindex_assets.settings import Settings, SettingsError
 
 S3_ENV = {
@@ -23,8 +25,24 @@ def test_defaults_are_the_embedded_setup(tmp_path):
     assert settings.objects_dir == Path("aindex_data/objects")
     assert settings.database_url == "sqlite:///aindex_data/catalog.db"
     assert settings.s3_bucket == "aindex"
+    # The copy-detection descriptor, the same default for the library, CLI and Dagster.
+    assert settings.extractor_spec == "sscd_distilled" == DEFAULT_SPEC
+    assert ExtractorResource().spec == DEFAULT_SPEC
     moved = Settings.from_env({"AINDEX_DATA_DIR": str(tmp_path)}, dotenv=None)
     assert moved.database_url == f"sqlite:///{tmp_path}/catalog.db"
+
+
+def test_packaged_photos_stand_in_only_on_the_embedded_default_or_when_allowed() -> None:
+    assert Settings.from_env({}, dotenv=None).allows_packaged_photos
+    postgres = {"AINDEX_DATABASE_URL": "postgresql://aindex@db/aindex"}
+    assert not Settings.from_env(postgres, dotenv=None).allows_packaged_photos
+    assert not Settings.from_env(S3_ENV, dotenv=None).allows_packaged_photos
+    allowed = Settings.from_env({**S3_ENV, "AINDEX_PACKAGED_PHOTOS": "allow"}, dotenv=None)
+    assert allowed.allows_packaged_photos
+    refused = Settings.from_env({"AINDEX_PACKAGED_PHOTOS": "REFUSE"}, dotenv=None)
+    assert not refused.allows_packaged_photos
+    with pytest.raises(SettingsError, match="AINDEX_PACKAGED_PHOTOS='yes'"):
+        Settings.from_env({"AINDEX_PACKAGED_PHOTOS": "yes"}, dotenv=None)
 
 
 @pytest.mark.parametrize("scheme", ["postgres", "postgresql"])

@@ -148,6 +148,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedServer, po
         env = {
             "AINDEX_DATA_DIR": str(tmp_path_factory.mktemp("stack") / "data"),
             "AINDEX_OBJECT_STORE": "s3",
+            # A test stack has no collection of its own to train on.
+            "AINDEX_PACKAGED_PHOTOS": "allow",
             "AINDEX_S3_ENDPOINT": s3_server.endpoint,
             "AINDEX_S3_ACCESS_KEY": s3_server.access_key,
             "AINDEX_S3_SECRET_KEY": s3_server.secret_key,

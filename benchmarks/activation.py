@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument(
         "--extractor", default="efficientnet_lite0", help="extractor spec (see lib/extractors.py)"
     )
+    parser.add_argument("--scaling", type=float, help="override the engine's scaling")
+    parser.add_argument("--iterations", type=int, help="override the engine's iterations")
+    parser.add_argument("--edited-views", type=int, help="override the engine's edited views")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
         "--no-matched", action="store_true", help="skip the engine run at the METHOD's PSNR"
@@ -148,6 +151,12 @@ def main() -> None:
     faiss_index.add_with_ids(served, features, ids)
 
     params = ActivationParams(antialias=True if args.antialias == "activation" else None)
+    overrides = {
+        "scaling": args.scaling,
+        "iterations": args.iterations,
+        "edited_views": args.edited_views,
+    }
+    params = dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
     batch = min(params.batch_size, len(queried))
     floors = [floor_seconds(extractor, batch, params.iterations) * len(queried) / batch]
     start = time.perf_counter()

@@ -15,10 +15,13 @@ prints throughput and peak memory (max RSS of this process: Dagster, torch, FAIS
 """
 
 import argparse
+import multiprocessing
 import os
 import resource
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,7 +41,7 @@ from aindex_assets.lib.photos import demo_photos
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.devservers import SeaweedServer, scratch_database
-from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
+from aindex_assets.storage.inbox import INBOX_PREFIX
 from aindex_assets.storage.objectstore import open_object_store
 from aindex_assets_tests.hostile_files import encoded, png_claiming_size
 
@@ -96,33 +99,89 @@ def make_inputs(n_files: int, hostile_share: float, seed: int) -> list[tuple[str
     return files
 
 
-def run_batches(defs: dg.Definitions, iterations: int) -> tuple[int, float]:
-    """Sensor ticks until the inbox is drained; one in-process run per batch."""
+def upload(store, files: list[tuple[str, bytes]], uploader: int) -> None:
+    """Drop files straight into the bucket, as `aws s3 cp` or `mc cp` would: names chosen
+    by people, in no order, with no timestamp (uploader 1 nests them in a folder)."""
+    for name, data in files:
+        key = f"{INBOX_PREFIX}{name}" if uploader == 0 else f"{INBOX_PREFIX}from b/{name}"
+        store.put_bytes(key, data)
+
+
+def run_batch_in_child(home: str, env: dict[str, str], partition: str, run_config: dict) -> None:
+    """One batch run in its own process, to be killed with SIGKILL mid-way."""
+    os.environ.update(env)
+    settings = Settings.from_env(env, dotenv=None)
+    defs = dg.Definitions.merge(build_definitions(settings), dg.Definitions(jobs=[LOAD_JOB]))
+    instance = dg.DagsterInstance.from_config(home)
+    defs.resolve_job_def(LOAD_JOB.name).execute_in_process(
+        instance=instance, partition_key=partition, run_config=run_config
+    )
+
+
+def kill_mid_activation(
+    home: str, env: dict[str, str], partition: str, run_config: dict, catalog: Catalog
+) -> str:
+    """Start the batch in a child process and SIGKILL it once its images are embedded and
+    activation is under way (the OOM killer's way); says where it was killed."""
+    child = multiprocessing.get_context("spawn").Process(
+        target=run_batch_in_child, args=(home, env, partition, run_config)
+    )
+    child.start()
+    deadline = time.monotonic() + 600
+    while child.is_alive() and time.monotonic() < deadline:
+        statuses = {i.status for i in catalog.images_in_batch(partition)}
+        if statuses & {"embedded", "activated"}:
+            time.sleep(0.5)
+            break
+        time.sleep(0.05)
+    where = ", ".join(sorted({i.status for i in catalog.images_in_batch(partition)})) or "none"
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    return f"killed batch {partition} (image statuses then: {where})"
+
+
+def run_batches(
+    defs: dg.Definitions,
+    iterations: int,
+    home: str,
+    env: dict[str, str],
+    uploaders: list[threading.Thread],
+    catalog: Catalog,
+) -> tuple[int, float]:
+    """Sensor ticks while the uploaders write and until the inbox is drained; one run per
+    batch, the first one killed mid-way and run again (as a run retry would)."""
     job = defs.resolve_job_def(LOAD_JOB.name)
     config = {"ops": {"activated_images": {"config": {"iterations": iterations}}}}
-    n_batches, started = 0, time.perf_counter()
-    with dg.instance_for_test() as instance:
-        while True:
-            with dg.build_sensor_context(
-                instance=instance, resources={"storage": defs.resources["storage"]}
-            ) as context:
-                result = inbox_sensor(context)
-            if isinstance(result, dg.SkipReason):
+    n_batches, started, killed = 0, time.perf_counter(), False
+    instance = dg.DagsterInstance.from_config(home)
+    while True:
+        uploading = any(u.is_alive() for u in uploaders)
+        with dg.build_sensor_context(
+            instance=instance, resources={"storage": defs.resources["storage"]}
+        ) as context:
+            result = inbox_sensor(context)
+        if isinstance(result, dg.SkipReason):
+            if not uploading:
                 break
-            instance.add_dynamic_partitions(
-                INGEST_BATCHES.name, [r.partition_key for r in result.run_requests]
-            )
-            for request in result.run_requests:
-                outcome = job.execute_in_process(
-                    instance=instance,
-                    partition_key=request.partition_key,
-                    run_config=with_request_config(config, request),
-                )
-                assert outcome.success, f"batch {request.partition_key} failed"
-                n_batches += 1
+            time.sleep(0.5)
+            continue
+        instance.add_dynamic_partitions(
+            INGEST_BATCHES.name, [r.partition_key for r in result.run_requests]
+        )
+        for request in result.run_requests:
+            run_config = with_request_config(config, request)
+            if not killed:
                 print(
-                    f"  batch {n_batches} done at {time.perf_counter() - started:.0f} s", flush=True
+                    "  "
+                    + kill_mid_activation(home, env, request.partition_key, run_config, catalog)
                 )
+                killed = True
+            outcome = job.execute_in_process(
+                instance=instance, partition_key=request.partition_key, run_config=run_config
+            )
+            assert outcome.success, f"batch {request.partition_key} failed"
+            n_batches += 1
+            print(f"  batch {n_batches} done at {time.perf_counter() - started:.0f} s", flush=True)
     return n_batches, time.perf_counter() - started
 
 
@@ -171,6 +230,8 @@ def main() -> None:
         env = {
             "AINDEX_DATA_DIR": str(Path(folder) / "data"),
             "AINDEX_OBJECT_STORE": "s3",
+            # A test stack has no collection of its own to train on.
+            "AINDEX_PACKAGED_PHOTOS": "allow",
             "AINDEX_S3_ENDPOINT": server.endpoint,
             "AINDEX_S3_ACCESS_KEY": server.access_key,
             "AINDEX_S3_SECRET_KEY": server.secret_key,
@@ -187,23 +248,27 @@ def main() -> None:
         bootstrap = dg.materialize(
             [defs.resolve_assets_def(key) for key in BOOTSTRAP_ASSETS],
             run_config=BOOTSTRAP_CONFIG,
+            instance=dg.DagsterInstance.ephemeral(),
         )
         assert bootstrap.success
         bootstrap_s = time.perf_counter() - started
 
         files = make_inputs(args.files, args.hostile_share, args.seed)
-        started = time.perf_counter()
-        for name, data in files:
-            store.put_bytes(upload_key(name, prefix=INBOX_PREFIX), data)
-        upload_s = time.perf_counter() - started
-
-        n_batches, batches_s = run_batches(defs, args.iterations)
+        uploaders = [
+            threading.Thread(target=upload, args=(store, files[which::2], which))
+            for which in (0, 1)
+        ]
+        for uploader in uploaders:
+            uploader.start()
+        home = tempfile.mkdtemp(prefix="aindex-load-home-")
+        catalog = Catalog.open(settings.database_url)
+        n_batches, batches_s = run_batches(defs, args.iterations, home, env, uploaders, catalog)
         counts = audit(settings, len(files))
+        assert not list(store.list(INBOX_PREFIX)), "the inbox holds exactly what is unclaimed"
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"files: {len(files)} ({counts['indexed']} indexed, {counts['rejected']} rejected)")
     print(f"bootstrap (training descriptors, index, distractors): {bootstrap_s:.1f} s")
-    print(f"upload to the S3 inbox: {upload_s:.1f} s ({len(files) / upload_s:.0f} files/s)")
     print(
         f"{n_batches} batches: {batches_s:.1f} s, {len(files) / batches_s:.2f} files/s, "
         f"{counts['indexed'] / batches_s:.2f} activated+indexed images/s"

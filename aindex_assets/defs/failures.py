@@ -7,10 +7,18 @@ import dagster as dg
 
 from aindex_assets.lib.index import IndexSpecError
 from aindex_assets.services.copy_detection.detection import ExtractorMismatch
+from aindex_assets.services.index import IncomparableVersion
 from aindex_assets.services.reports import ReportExists
 
-# LookupError covers `NoIndex`, a batch without a manifest and an unknown edit name.
-DOMAIN_ERRORS = (LookupError, ExtractorMismatch, ReportExists, IndexSpecError)
+# LookupError covers `NoIndex`, `MissingPhotos`, a batch without a manifest and an unknown
+# edit name.
+DOMAIN_ERRORS = (
+    LookupError,
+    ExtractorMismatch,
+    ReportExists,
+    IndexSpecError,
+    IncomparableVersion,
+)
 
 
 @contextmanager

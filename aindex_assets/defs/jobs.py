@@ -51,8 +51,9 @@ retrain_index_job = dg.define_asset_job(
     selection=BOOTSTRAP_SELECTION | dg.AssetSelection.assets("search_index"),
     config={"ops": {"trained_index": {"config": {"retrain": True}}}},
     description=(
-        "Explicitly trains a new index version and retires the old one. Released images keep "
-        "their activation records; backfill `index_shard` to re-index older batches."
+        "Explicitly trains a new index version for the images activated from now on. Images "
+        "released for older versions stay in those versions' served indexes, and queries "
+        "search every live version."
     ),
 )
 

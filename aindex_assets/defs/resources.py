@@ -10,7 +10,14 @@ from functools import lru_cache
 import dagster as dg
 
 from aindex_assets.lib.extractors import Extractor, load_extractor
-from aindex_assets.settings import DEFAULT_BUCKET, DEFAULT_DATA_DIR, Settings, redact_url
+from aindex_assets.services.packaged import PackagedPhotos
+from aindex_assets.settings import (
+    DEFAULT_BUCKET,
+    DEFAULT_DATA_DIR,
+    DEFAULT_EXTRACTOR,
+    Settings,
+    redact_url,
+)
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.objectstore import ObjectStore, open_object_store
 
@@ -30,6 +37,7 @@ class StorageResource(dg.ConfigurableResource):
     s3_bucket: str = DEFAULT_BUCKET
     s3_region: str | None = None
     database_url: str | None = None
+    packaged_photos: bool | None = None
 
     def settings(self) -> Settings:
         return Settings(**{k: v for k, v in self.model_dump().items() if v is not None})
@@ -40,15 +48,18 @@ class StorageResource(dg.ConfigurableResource):
     def catalog(self) -> Catalog:
         return _open_catalog(self.settings().database_url)
 
+    def packaged_photo_policy(self) -> PackagedPhotos:
+        return PackagedPhotos(self.settings().allows_packaged_photos)
+
 
 class ExtractorResource(dg.ConfigurableResource):
     """The frozen feature extractor.
 
-    `efficientnet_lite0` (offline default), `torchscript:<path|url>[#sha256=<hex>]` or
-    `torchvision:<arch>:<weights file>`.
+    `sscd_distilled` (offline default), `sscd`, `efficientnet_lite0`,
+    `torchscript:<path|url>[#sha256=<hex>]` or `torchvision:<arch>:<weights file>`.
     """
 
-    spec: str = "efficientnet_lite0"
+    spec: str = DEFAULT_EXTRACTOR
     device: str = "auto"
 
     def load(self) -> Extractor:
@@ -80,6 +91,7 @@ def storage_from_settings(settings: Settings) -> StorageResource:
     common = {
         "data_dir": str(settings.data_dir),
         "object_store": settings.object_store,
+        "packaged_photos": settings.packaged_photos,
         "database_url": (
             dg.EnvVar("AINDEX_DATABASE_URL") if has_password else settings.database_url
         ),

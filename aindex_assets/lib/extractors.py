@@ -48,7 +48,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_MEAN = (127.0 / 255.0,) * 3
 TF_STD = (128.0 / 255.0,) * 3
 
-DEFAULT_SPEC = "efficientnet_lite0"
+DEFAULT_SPEC = "sscd_distilled"
 DEFAULT_ANTIALIAS = False
 
 

@@ -147,6 +147,28 @@ NEGATIVE_PHOTOS: tuple[str, ...] = (
 )
 
 
+def photo_tiles(image: Image.Image, grid: int) -> list[Image.Image]:
+    """The photo itself, then its `grid` x `grid` disjoint tiles, as separate images.
+
+    Non-matching queries for a photo that is NOT indexed: no two tiles share a pixel and
+    none shares content with an indexed image, so more of them test a false-positive rate
+    more finely. Tiles of one photo are still related to each other: a set that sets a
+    threshold and a set that tests it must be split by source photo, never by tile.
+    """
+    rgb = image.convert("RGB")
+    tiles = [rgb]
+    for row in range(grid):
+        for col in range(grid):
+            box = (
+                col * rgb.width // grid,
+                row * rgb.height // grid,
+                (col + 1) * rgb.width // grid,
+                (row + 1) * rgb.height // grid,
+            )
+            tiles.append(rgb.crop(box))
+    return tiles
+
+
 def negative_photos() -> list[tuple[str, bytes]]:
     """(name, file bytes) of packaged photos never ingested: non-matching queries, fixed order."""
     skimage_data = _package_dir("skimage") / "data"

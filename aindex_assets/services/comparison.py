@@ -23,6 +23,7 @@ from aindex_assets.services.index import (
     load_training_vectors,
     training_images,
 )
+from aindex_assets.services.packaged import PackagedPhotos
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.keys import DISTRACTOR_ID_BASE, report_key
 from aindex_assets.storage.objectstore import ObjectStore
@@ -45,6 +46,7 @@ def compare_batch(
     params: ActivationParams,
     evaluation: EvaluationSettings,
     distractors: CropSource,
+    packaged: PackagedPhotos,
 ) -> tuple[ComparisonResult, str, list[int]] | None:
     """Compare the factories on the batch and record the result; None for an empty batch.
 
@@ -60,7 +62,7 @@ def compare_batch(
     if not images:
         return None
     # The same crowd as `index_distractors`: its raw descriptors are not stored.
-    crowd = extractor.embed_images(training_images(store, distractors)[0])
+    crowd = extractor.embed_images(training_images(store, distractors, packaged)[0])
     result = compare_indexes(
         load_originals(store, images),
         np.stack([descriptors[i.id] for i in images]),

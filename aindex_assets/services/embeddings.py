@@ -6,6 +6,7 @@ import numpy as np
 
 from aindex_assets.lib.extractors import Extractor
 from aindex_assets.services.index import CropSource, load_originals, training_images
+from aindex_assets.services.packaged import PackagedPhotos
 from aindex_assets.storage.arrays import encode_descriptors
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.keys import embeddings_key, training_embeddings_key
@@ -30,10 +31,10 @@ def embed_batch(
 
 
 def embed_training_set(
-    store: ObjectStore, extractor: Extractor, source: CropSource
+    store: ObjectStore, extractor: Extractor, source: CropSource, packaged: PackagedPhotos
 ) -> tuple[str, int, str]:
     """Store the training descriptors of the extractor: (key, count, where they came from)."""
-    images, origin = training_images(store, source)
+    images, origin = training_images(store, source, packaged)
     vectors = extractor.embed_images(images)
     key = training_embeddings_key(extractor.identity)
     store.put_bytes(key, encode_descriptors(np.arange(len(vectors)), vectors))

@@ -34,6 +34,7 @@ from aindex_assets.services.copy_detection.detection import (
     rerank,
 )
 from aindex_assets.services.index import ServedSearch, load_originals, open_served
+from aindex_assets.services.packaged import PackagedPhotos
 from aindex_assets.settings import redact_extractor_spec
 from aindex_assets.storage.catalog import ActivationRecord, Catalog
 from aindex_assets.storage.keys import NEGATIVES_PREFIX, report_asset_key, report_key
@@ -81,8 +82,11 @@ class StoredReport:
     files: dict[str, object]
 
 
-def choose_negatives(store: ObjectStore, catalog: Catalog, prefix: str, limit: int) -> Negatives:
-    """Images under `prefix` in the store (key order), else the packaged negative photos.
+def choose_negatives(
+    store: ObjectStore, catalog: Catalog, prefix: str, limit: int, packaged: PackagedPhotos
+) -> Negatives:
+    """Images under `prefix` in the store (key order), else (when `packaged` allows) the
+    packaged negative photos.
 
     Either way an image whose bytes are registered in the catalog is skipped, so no
     negative is an indexed image; files that do not decode are skipped too. The packaged
@@ -91,6 +95,7 @@ def choose_negatives(store: ObjectStore, catalog: Catalog, prefix: str, limit: i
     stored = [(info.key, store.get_bytes(info.key)) for info in store.list(prefix, limit=limit)]
     negatives = usable_negatives(catalog, "store", prefix, stored)
     if not negatives.images:
+        packaged.require(NEGATIVES_PREFIX)
         negatives = usable_negatives(catalog, "packaged", prefix, negative_photos()[:limit])
     return negatives
 
@@ -199,6 +204,7 @@ def robustness_report(
     extractor_spec: str,
     batch_id: str,
     settings: ReportSettings,
+    packaged: PackagedPhotos,
     run_id: str | None = None,
 ) -> StoredReport | None:
     """Evaluate the batch's activated images and store the report; None when there are none."""
@@ -210,7 +216,9 @@ def robustness_report(
     image_ids = [a.image_id for a in activations]
     passive = load_originals(store, catalog.images_by_ids(image_ids))
     active = [decode_image(store.get_bytes(a.object_key), a.object_key).image for a in activations]
-    negatives = choose_negatives(store, catalog, settings.negatives_prefix, settings.max_negatives)
+    negatives = choose_negatives(
+        store, catalog, settings.negatives_prefix, settings.max_negatives, packaged
+    )
     edits = edits_for(settings.edit_set, settings.edits)
     result = evaluate_on_served(
         store,

@@ -19,6 +19,7 @@ class ActivationConfig(dg.Config):
 
     iterations: int | None = None
     scaling: float | None = None
+    edited_views: int | None = None
     lambda_image: float | None = None
     batch_size: int | None = None
     seed: int = 0

@@ -82,10 +82,11 @@ def copy_threshold(
     """The copy / not-a-copy threshold on the top match's score, set for the served index.
 
     Edited copies of the indexed (activated) images are matching queries, edited
-    unrelated photos (under `negatives/`, else packaged photos that are not
-    indexed) non-matching ones; all are scored as `aindex query` scores them (the
-    served index's top k re-ranked on the original descriptors). The threshold lets at
-    most `target_fpr` (1% by default) of the non-matching queries through; it is
+    unrelated photos (under `negatives/`, else, on the embedded default or with
+    `AINDEX_PACKAGED_PHOTOS=allow`, packaged photos that are not indexed)
+    non-matching ones; all are scored as `aindex query` scores them (the served index's
+    top k re-ranked on the original descriptors). The threshold lets at most
+    `target_fpr` (1% by default) of the non-matching queries through; it is
     recorded in the catalog with the true- and false-positive rates measured at it, the
     index version and the served index. With fewer than 1/target_fpr non-matching
     queries the rate cannot be resolved: the threshold then lets none of them through
@@ -95,7 +96,14 @@ def copy_threshold(
     """
     store, catalog = storage.store(), storage.catalog()
     with domain_failures():
-        record = calibrate(store, catalog, extractor.load(), open_served(store, catalog), config)
+        record = calibrate(
+            store,
+            catalog,
+            extractor.load(),
+            open_served(store, catalog),
+            config,
+            storage.packaged_photo_policy(),
+        )
     if not record.resolved:
         context.log.warning(threshold_summary(record))
     return dg.MaterializeResult(

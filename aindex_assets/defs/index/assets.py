@@ -61,11 +61,16 @@ def training_embeddings(
     """Descriptors the FAISS index is trained on (not indexed themselves).
 
     Taken from the images under `training/images/` in the object store when there
-    are any; otherwise from seeded random crops of the real photos that ship inside
-    the installed packages, so a fresh install can train a working index offline.
+    are any; otherwise, on the embedded default or with `AINDEX_PACKAGED_PHOTOS=allow`
+    only, from seeded random crops of the real photos that ship inside the installed
+    packages, so the demo trains a working index offline. Elsewhere the asset fails and
+    says what to put under `training/images/`.
     """
     store, model = storage.store(), extractor.load()
-    key, count, source = embed_training_set(store, model, config)
+    with domain_failures():
+        key, count, source = embed_training_set(
+            store, model, config, storage.packaged_photo_policy()
+        )
     return dg.MaterializeResult(
         metadata={
             "vectors": dg.MetadataValue.int(count),
@@ -87,9 +92,10 @@ def trained_index(
 
     Retraining is an explicit, recorded act: while an active version matches the
     requested factory string and extractor, materializing this asset keeps it. A new
-    factory string or `retrain: true` trains a new version and retires the old one;
-    images activated for an older version keep their activation records and are shown
-    as such, never silently re-activated.
+    factory string or `retrain: true` trains a new version for the images activated from
+    then on. Images released for an older version stay in that version's served index and
+    every query searches all live versions, so a retrain never makes a released image
+    unfindable; for that reason a new version must keep the extractor and metric.
     """
     store, catalog, model = storage.store(), storage.catalog(), extractor.load()
     register_extractor(catalog, model, extractor.spec)
@@ -118,15 +124,16 @@ def index_distractors(
 ) -> dg.MaterializeResult:
     """A shard of distractor descriptors, so that search and reports face a realistic crowd.
 
-    Images under `training/images/` or, by default, seeded random crops of the packaged
-    photos, embedded with the same extractor and stored with ids above 2^62 so they can
-    never be mistaken for a catalog image.
+    Images under `training/images/` or (embedded default, or `AINDEX_PACKAGED_PHOTOS=allow`)
+    seeded random crops of the packaged photos, embedded with the same extractor and
+    stored with ids above 2^62 so they can never be mistaken for a catalog image.
     """
     store, catalog = storage.store(), storage.catalog()
     with domain_failures():
         version = require_active_version(catalog)
     catalog.create_batch(DISTRACTOR_BATCH, kind="distractors", source_prefix="", n_files=0)
-    images, source = training_images(store, config)
+    with domain_failures():
+        images, source = training_images(store, config, storage.packaged_photo_policy())
     vectors = extractor.load().embed_images(images)
     ids = DISTRACTOR_ID_BASE + np.arange(len(vectors), dtype=np.int64)
     key = write_shard(store, catalog, version, DISTRACTOR_BATCH, ids, vectors)
@@ -149,23 +156,24 @@ def index_distractors(
 def index_shard(
     context: dg.AssetExecutionContext, storage: StorageResource, extractor: ExtractorResource
 ) -> dg.MaterializeResult:
-    """The batch's own index shard: the active index version holding this batch's codes only.
+    """The batch's own index shard: this batch's codes only, in the index version its images
+    were activated for.
 
-    Built from the trained index and the ORIGINAL descriptors of the batch's activated
-    images (active indexing changes the released pixels, the index stores the usual
-    features). Shards are immutable objects keyed by index version and batch, so adding
-    a batch never rewrites another batch's data and two batches can run at once.
+    Built from that version's trained index and the ORIGINAL descriptors of the batch's
+    activated images (active indexing changes the released pixels, the index stores the
+    usual features). Shards are immutable objects keyed by index version and batch, so
+    adding a batch never rewrites another batch's data and two batches can run at once.
     """
     store = storage.store()
     with domain_failures():
-        version, key, ids = write_batch_shard(
+        written = write_batch_shard(
             store, storage.catalog(), extractor.load(), context.partition_key
         )
     return dg.MaterializeResult(
         metadata={
-            **version_metadata(version),
-            "vectors": dg.MetadataValue.int(len(ids)),
-            "object_key": dg.MetadataValue.text(store.uri(key)),
+            "index_versions": dg.MetadataValue.json([v.id for v, _, _ in written]),
+            "vectors": dg.MetadataValue.int(sum(len(ids) for _, _, ids in written)),
+            "object_keys": dg.MetadataValue.json([store.uri(key) for _, key, _ in written]),
         }
     )
 
@@ -180,7 +188,8 @@ def index_shard(
 def search_index(
     context: dg.AssetExecutionContext, storage: StorageResource
 ) -> dg.MaterializeResult:
-    """The served index: all shards of the active index version merged into one FAISS file.
+    """The served index: all shards of the active index version merged into one FAISS file
+    (and of a retired version, when a batch activated for it landed late).
 
     A new object is written first, then the catalog's pointer switches to it in one
     transaction, so a crash never leaves a half-written index in use and readers always
@@ -189,12 +198,16 @@ def search_index(
     """
     store = storage.store()
     with domain_failures():
-        version, served, batches = publish_served_index(store, storage.catalog(), context.log.info)
+        published = publish_served_index(store, storage.catalog(), context.log.info)
+    version, served, batches = published[0]
     return dg.MaterializeResult(
         metadata={
             **version_metadata(version),
             "ntotal": dg.MetadataValue.int(served.ntotal),
             "batches": dg.MetadataValue.int(batches),
             "object_key": dg.MetadataValue.text(store.uri(served.object_key)),
+            "republished_retired_versions": dg.MetadataValue.json(
+                [v.id for v, _, _ in published[1:]]
+            ),
         }
     )

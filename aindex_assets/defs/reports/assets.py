@@ -44,7 +44,7 @@ def robustness_report(
     Every activated image of the batch and its original are edited with the paper's edit
     list (or the sweeps, `edit_set`); the copies are searched in the served index (which
     also holds the other batches and the distractors), together with edited non-matching
-    photos (`negatives/` in the store, else packaged photos that are never ingested).
+    photos (`negatives/` in the store, else, where allowed, packaged photos never ingested).
     Copy detection scores each query as `aindex query` does (its top match re-ranked on
     the original descriptors): micro-AP and the true-positive rate at 1% and 0.1%
     false-positive rate on the non-matching queries. Recall@1/10, 1/(rank+1) and
@@ -62,6 +62,7 @@ def robustness_report(
             extractor.spec,
             context.partition_key,
             config,
+            storage.packaged_photo_policy(),
             context.run.run_id,
         )
     if report is None:

@@ -83,6 +83,7 @@ def index_comparison(
             config.activation_params(),
             EvaluationSettings(k=config.k, nprobe=config.nprobe, seed=config.seed),
             config.distractors(),
+            storage.packaged_photo_policy(),
         )
     if compared is None:
         return dg.MaterializeResult(metadata={"note": "no images in this batch"})

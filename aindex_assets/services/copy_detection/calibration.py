@@ -47,11 +47,12 @@ from aindex_assets.services.copy_detection.detection import (
     top_matches,
 )
 from aindex_assets.services.index import ServedSearch
+from aindex_assets.services.packaged import PackagedPhotos
 from aindex_assets.storage.arrays import decode_descriptors
 from aindex_assets.storage.catalog import (
+    ActivationRecord,
     Catalog,
     CopyThresholdRecord,
-    ImageRecord,
     ServedIndexRecord,
 )
 from aindex_assets.storage.keys import DISTRACTOR_BATCH, NEGATIVES_PREFIX, embeddings_key
@@ -97,12 +98,16 @@ def spread(items: list[Any], limit: int) -> list[Any]:
     return [items[i] for i in sorted(set(picks.tolist()))]
 
 
-def served_images(catalog: Catalog, served: ServedSearch) -> list[ImageRecord]:
-    """The catalog images in the served index: activated for its version, batch merged in."""
-    activations = catalog.activations(index_version=served.version.id)
-    batches = set(served.served.batch_ids)
-    images = catalog.images_by_ids([a.image_id for a in activations])
-    return [image for image in images if image.batch_id in batches]
+def served_activations(catalog: Catalog, served: ServedSearch) -> dict[int, ActivationRecord]:
+    """{image id: activation} of the released images the served indexes hold: activated
+    for a live version whose served index has merged the image's batch."""
+    batches = served.served_batches()
+    found = {}
+    for version_id in batches:
+        for activation in catalog.activations(index_version=version_id):
+            found[activation.image_id] = activation
+    images = catalog.images_by_ids(sorted(found))
+    return {i.id: found[i.id] for i in images if i.batch_id in batches[found[i.id].index_version]}
 
 
 def matching_queries(
@@ -113,8 +118,8 @@ def matching_queries(
     setting: DetectionSetting,
 ) -> tuple[list[int], np.ndarray]:
     """(true image id, descriptor) of the edited activated images."""
-    by_id = {a.image_id: a for a in catalog.activations(index_version=served.version.id)}
-    chosen = spread(sorted(i.id for i in served_images(catalog, served)), setting.max_matching)
+    by_id = served_activations(catalog, served)
+    chosen = spread(sorted(by_id), setting.max_matching)
     images = [
         decode_image(store.get_bytes(by_id[i].object_key), by_id[i].object_key).image
         for i in chosen
@@ -149,6 +154,7 @@ def negative_images(
     served: ServedSearch,
     extractor: Extractor,
     setting: DetectionSetting,
+    packaged: PackagedPhotos,
 ) -> tuple[list[Image.Image], str]:
     """Unrelated images for the non-matching queries, and where they came from."""
     keys = [info.key for info in store.list(NEGATIVES_PREFIX)]
@@ -160,6 +166,7 @@ def negative_images(
             except (ImageRejected, ObjectNotFound):
                 continue
         return images, f"{len(images)} images under {NEGATIVES_PREFIX}"
+    packaged.require(NEGATIVES_PREFIX)
     images = packaged_negatives(store, catalog, served, extractor, setting.max_negatives)
     return images, f"{len(images)} packaged photos not in the index"
 
@@ -197,7 +204,7 @@ def indexed_descriptors(
 ) -> np.ndarray:
     """The original descriptors of every batch merged into the served index (no distractors)."""
     parts = []
-    for batch_id in served.served.batch_ids:
+    for batch_id in sorted(served.batch_ids):
         if batch_id == DISTRACTOR_BATCH:
             continue
         key = embeddings_key(extractor.identity, batch_id)
@@ -212,11 +219,12 @@ def calibrate(
     extractor: Extractor,
     served: ServedSearch,
     setting: DetectionSetting,
+    packaged: PackagedPhotos,
 ) -> CopyThresholdRecord:
     """Set the threshold for `setting.target_fpr` on the served index and record it."""
     check_extractor(extractor, served)
     truth, matching_vectors = matching_queries(store, catalog, served, extractor, setting)
-    negatives, source = negative_images(store, catalog, served, extractor, setting)
+    negatives, source = negative_images(store, catalog, served, extractor, setting, packaged)
     edited = edited_copies(negatives, range(len(negatives)), 1, setting, setting.edits_per_negative)
     _, negative_vectors = embed_copies(extractor, edited)
     originals = OriginalDescriptors(store, catalog, extractor.identity)
