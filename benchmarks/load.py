@@ -65,9 +65,9 @@ def hostile_file(i: int, rng: np.random.Generator) -> tuple[str, bytes]:
     files = {
         0: ("empty.jpg", b""),
         1: ("cut.jpg", encoded(noise, "JPEG")[:700]),
-        2: ("page.png", f"<!DOCTYPE html><html>{i}</html>".encoded()),
+        2: ("page.png", f"<!DOCTYPE html><html>{i}</html>".encode()),
         3: ("random.jpg", rng.bytes(2048)),
-        4: ("vector.svg", f"<svg xmlns='http://www.w3.org/2000/svg' id='{i}'/>".encoded()),
+        4: ("vector.svg", f"<svg xmlns='http://www.w3.org/2000/svg' id='{i}'/>".encode()),
         5: ("bomb.png", png_claiming_size(100_000 + i, 100_000)),
         6: ("anim.gif", encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])),
         7: ("tiny.png", encoded(Image.new("RGB", (1, 1), (i % 256, 0, 0)), "PNG")),
