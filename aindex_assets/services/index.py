@@ -195,7 +195,11 @@ def write_batch_shard(
     for version_id, image_ids in sorted(by_version.items()):
         version = catalog.index_version(version_id)
         ids = sorted(image_ids)
-        vectors = np.stack([descriptors[i] for i in ids]) if ids else np.zeros((0, extractor.dim))
+        vectors = (
+            np.stack([descriptors[i] for i in ids])
+            if ids
+            else np.zeros((0, extractor.dim), np.float32)
+        )
         key = write_shard(store, catalog, version, batch_id, np.array(ids, np.int64), vectors)
         written.append((version, key, ids))
     return written
