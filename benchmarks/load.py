@@ -260,7 +260,8 @@ def main() -> None:
         ]
         for uploader in uploaders:
             uploader.start()
-        home = tempfile.mkdtemp(prefix="aindex-load-home-")
+        home = str(Path(folder) / "dagster_home")  # removed with the rest at the end
+        Path(home).mkdir()
         catalog = Catalog.open(settings.database_url)
         n_batches, batches_s = run_batches(defs, args.iterations, home, env, uploaders, catalog)
         counts = audit(settings, len(files))
