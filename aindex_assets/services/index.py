@@ -241,9 +241,8 @@ def mark_indexed(catalog: Catalog, version_id: int, batch_ids: list[str]) -> Non
     """`indexed` only once a published served index holds the image, never at shard time."""
     for batch_id in batch_ids:
         if batch_id != DISTRACTOR_BATCH:
-            activations = catalog.activations(batch_id=batch_id)
-            ids = [a.image_id for a in activations if a.index_version == version_id]
-            catalog.set_status(ids, "indexed")
+            activations = catalog.activations(batch_id=batch_id, index_version=version_id)
+            catalog.set_status([a.image_id for a in activations], "indexed")
 
 
 def publish_served_index(
