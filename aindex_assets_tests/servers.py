@@ -166,7 +166,8 @@ def stop_process_group(process: subprocess.Popen, what: str) -> None:
     workers outlive the webserver or daemon that started them, orphaned: SIGTERM the group,
     SIGKILL what is left, then make sure no member survives.
     """
-    os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # the whole group may have exited
+        os.killpg(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=30)
     with contextlib.suppress(ProcessLookupError):

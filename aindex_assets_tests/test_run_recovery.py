@@ -21,7 +21,6 @@ process group and killed with it.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import signal
@@ -41,6 +40,7 @@ import yaml
 from aindex_assets.defs.jobs import BATCH_RUN_TAGS
 from aindex_assets.defs.partitions import ACTIVATION_POOL
 from aindex_assets.instance import LOCAL_INSTANCE_YAML
+from aindex_assets_tests.servers import stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTION_INSTANCE_YAML = REPO / "deploy" / "dagster.yaml"
@@ -195,19 +195,7 @@ def running_daemon(
         try:
             yield daemon, log_path
         finally:
-            stop_group(daemon)
-
-
-def stop_group(daemon: subprocess.Popen) -> None:
-    """SIGTERM the daemon's process group, then SIGKILL whatever of it is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(daemon.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        daemon.wait(timeout=30)
-    # A run worker or the code server may outlive the daemon: nothing of the group stays.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(daemon.pid, signal.SIGKILL)
-    daemon.wait(timeout=30)
+            stop_process_group(daemon, "the daemon's")
 
 
 def kill_held_worker(
