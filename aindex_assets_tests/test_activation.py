@@ -16,6 +16,7 @@ from aindex_assets.lib import photos
 from aindex_assets.lib.activation import ActivationParams, activate
 from aindex_assets.lib.extractors import load_extractor
 from aindex_assets.lib.metrics import psnr
+from aindex_assets_tests.whole_batch import activate_whole_batch
 
 # The unedited-copy guarantee is tested on its own; here it would hide the perturbation.
 FAST = ActivationParams(iterations=3, batch_size=4, keep_first=False)
@@ -241,28 +242,9 @@ def embedded_batch(tmp_path, extractor):
 
 
 def whole_batch_as_before(store, catalog, extractor, params):
-    """What `activate_batch` did before chunking: one `activate` call on the whole batch."""
-    from aindex_assets.services.index import (
-        load_batch_descriptors,
-        load_originals,
-        load_trained,
-        merge_version_shards,
-    )
-
-    version = catalog.active_index_version()
-    todo = catalog.images_in_batch("batch-a")
-    descriptors = load_batch_descriptors(store, extractor.identity, "batch-a")
-    index = load_trained(store, version)
-    database, _ = merge_version_shards(store, catalog, version, index, exclude_batch="batch-a")
-    results = activate(
-        load_originals(store, todo),
-        extractor,
-        index,
-        params,
-        original_features=np.stack([descriptors[i.id] for i in todo]),
-        database=database,
-    )
-    return {image.id: result for image, result in zip(todo, results, strict=True)}
+    """{image id: result} of one `activate` call on the whole batch (before chunking)."""
+    _, released = activate_whole_batch(store, catalog, extractor, "batch-a", params)
+    return {image.id: result for image, result in released}
 
 
 def released_by_service(store, catalog):

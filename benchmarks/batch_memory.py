@@ -39,19 +39,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aindex_assets.lib.activation import ActivationParams, activate
+from aindex_assets.lib.activation import ActivationParams
 from aindex_assets.lib.extractors import load_extractor
 from aindex_assets.lib.images import encode_png
 from aindex_assets.lib.photos import split_demo_photos
-from aindex_assets.services.activation import activate_batch, images_to_activate, record_release
+from aindex_assets.services.activation import activate_batch, record_release
 from aindex_assets.services.embeddings import embed_batch
 from aindex_assets.services.index import (
-    load_batch_descriptors,
-    load_originals,
-    load_trained,
-    merge_version_shards,
     register_extractor,
-    require_active_version,
     train_version,
 )
 from aindex_assets.services.ingest import ingest_batch
@@ -60,6 +55,7 @@ from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import BatchManifest
 from aindex_assets.storage.keys import training_embeddings_key
 from aindex_assets.storage.objectstore import LocalObjectStore
+from aindex_assets_tests.whole_batch import activate_whole_batch
 
 BATCH = "bench-memory"
 EXTRACTOR = "efficientnet_lite0"
@@ -118,24 +114,12 @@ def set_up(root: Path, photos: list[bytes]) -> None:
     assert len(outcome.registered) == len(photos), outcome
 
 
-def activate_whole_batch(store, catalog, extractor, params: ActivationParams) -> None:
+def release_whole_batch(store, catalog, extractor, params: ActivationParams) -> None:
     """`activate_batch` before chunking (kept here to measure it): the whole batch at once."""
-    version = require_active_version(catalog)
-    todo, _ = images_to_activate(catalog, BATCH)
-    descriptors = load_batch_descriptors(store, extractor.identity, BATCH)
-    index = load_trained(store, version)
-    database, _ = merge_version_shards(store, catalog, version, index, exclude_batch=BATCH)
-    results = activate(
-        load_originals(store, todo),
-        extractor,
-        index,
-        params,
-        original_features=np.stack([descriptors[i.id] for i in todo]),
-        database=database,
-    )
-    for image, result in zip(todo, results, strict=True):
+    version, released = activate_whole_batch(store, catalog, extractor, BATCH, params)
+    for image, result in released:
         record_release(store, catalog, version.id, extractor, params, image, result)
-    catalog.set_status([i.id for i in todo], "activated")
+    catalog.set_status([image.id for image, _ in released], "activated")
 
 
 def child(mode: str, root: Path, iterations: int) -> None:
@@ -149,7 +133,7 @@ def child(mode: str, root: Path, iterations: int) -> None:
     if mode == "embed":
         embed_batch(store, catalog, extractor, BATCH)
     elif mode == "whole":
-        activate_whole_batch(store, catalog, extractor, params)
+        release_whole_batch(store, catalog, extractor, params)
     else:
         activate_batch(store, catalog, extractor, BATCH, params)
     seconds = time.perf_counter() - start
