@@ -173,8 +173,8 @@ def exact_rerank(queries: np.ndarray, ids: np.ndarray) -> list[TopMatch | None]:
     return [reranked_top_match(query, row, ORIGINALS, 1 << 62) for query, row in pairs]
 
 
-@pytest.fixture(scope="module")
-def reranked():
+def evaluate_reranked():
+    """The toy evaluation as the pipeline runs it: copy detection on the re-ranked match."""
     return evaluate_robustness(
         PASSIVE,
         ACTIVE,
@@ -186,6 +186,11 @@ def reranked():
         negatives=RERANK_NEGATIVES,
         rerank=exact_rerank,
     )
+
+
+@pytest.fixture(scope="module")
+def reranked():
+    return evaluate_reranked()
 
 
 def test_reranked_copy_detection_is_one_prediction_per_query_on_its_top_match(reranked):

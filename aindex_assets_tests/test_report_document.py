@@ -34,9 +34,8 @@ from aindex_assets_tests.test_evaluation import (
     IDS,
     NEGATIVES,
     PASSIVE,
-    RERANK_NEGATIVES,
+    evaluate_reranked,
     exact_l2,
-    exact_rerank,
     mean_colour,
 )
 
@@ -94,17 +93,7 @@ def payload() -> dict:
 @pytest.fixture(scope="module")
 def reranked_payload() -> dict:
     """As the pipeline builds it: copy detection on the re-ranked top match."""
-    result = evaluate_robustness(
-        PASSIVE,
-        ACTIVE,
-        IDS,
-        mean_colour,
-        exact_l2,
-        edits=EDITS,
-        k=2,
-        negatives=RERANK_NEGATIVES,
-        rerank=exact_rerank,
-    )
+    result = evaluate_reranked()
     built = build_payload(result, audit(), quality_section(QUALITY), EDITS)
     return with_files(json.loads(json.dumps(built, allow_nan=False)))
 
