@@ -73,7 +73,13 @@ def drop(settings: Settings, photos: list[tuple[str, bytes]]) -> None:
         store.put_bytes(upload_key(name, prefix=INBOX_PREFIX), data)
 
 
-def test_definitions_validate_with_dagster_cli(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["elsewhere", "checkout"])
+def test_definitions_validate_with_dagster_cli(tmp_path: Path, where: str) -> None:
+    """`dagster` commands work anywhere, the checkout included: run there they use a local
+    instance, the production dagster.yaml (which needs DAGSTER_PG_* variables) lives under
+    deploy/, not at the repository root."""
+    repository = Path(__file__).resolve().parents[1]
+    assert not (repository / "dagster.yaml").exists()
     completed = subprocess.run(
         [
             str(Path(sys.executable).with_name("dagster")),
@@ -83,7 +89,7 @@ def test_definitions_validate_with_dagster_cli(tmp_path: Path) -> None:
             "aindex_assets.definitions",
         ],
         env={"PATH": "/usr/bin:/bin", "AINDEX_DATA_DIR": str(tmp_path), "HOME": str(tmp_path)},
-        cwd=tmp_path,  # away from the production dagster.yaml at the repository root
+        cwd=repository if where == "checkout" else tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
