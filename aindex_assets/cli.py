@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
 from tqdm import tqdm
@@ -20,6 +20,7 @@ from aindex_assets.lib.images import MAX_FILE_BYTES, too_large_reason
 from aindex_assets.services.copy_detection.calibration import NoThreshold, threshold_summary
 from aindex_assets.services.copy_detection.detection import ExtractorMismatch, Verdict
 from aindex_assets.services.copy_detection.judge import Judgement
+from aindex_assets.services.inbox import unclaimed_keys
 from aindex_assets.services.index import NoIndex
 from aindex_assets.settings import Settings, SettingsError
 from aindex_assets.storage.catalog import (
@@ -208,26 +209,40 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     keys = upload_files(store, files, INBOX_PREFIX)
     emit(
         args,
-        {"uploaded": len(keys), "keys": keys},
-        f"uploaded {len(keys)} file(s) to {store.describe()} under {INBOX_PREFIX}",
+        {"uploaded": len(keys), "keys": keys, "next": INGEST_NEXT},
+        f"uploaded {len(keys)} file(s) to {store.describe()} under {INBOX_PREFIX}\n{INGEST_NEXT}",
     )
     return EXIT_OK
 
 
-def status_payload(catalog: Catalog) -> dict:
-    """Per batch: counts per status, the rejected files and the duplicates, with reasons."""
+INGEST_NEXT = (
+    "Next: a running Dagster daemon (`aindex ui`, or the deployment) forms batches of them "
+    "within a minute and activates them; without one, run `aindex process`. "
+    "Follow them with `aindex status`."
+)
+
+
+def status_payload(catalog: Catalog, store: ObjectStore, runs: list[dict] | str) -> dict:
+    """The inbox, the runs in progress (`runs_in_progress`), and per batch: its status,
+    counts of its images per status, the rejected files and the duplicates, with reasons."""
     counts = catalog.status_counts()
-    refused = {batch: catalog.rejected_in_batch(batch) for batch in counts}
+    batches = {b.id: b.status for b in catalog.batches(kind="ingest")}
+    refused = {batch: catalog.rejected_in_batch(batch) for batch in batches}
     version = catalog.active_index_version()
     served_from = served_versions(catalog)
+    waiting = unclaimed_keys(store, catalog, "ingest", INBOX_SCAN_LIMIT)
     return {
         "index_version": None
         if version is None
         else {"id": version.id, "factory": version.factory},
+        "inbox_waiting": len(waiting),
+        "inbox_waiting_at_least": len(waiting) == INBOX_SCAN_LIMIT,
+        "runs_in_progress": runs,
         "batches": [
             {
                 "batch_id": batch,
-                "counts": by_status,
+                "status": batch_status,
+                "counts": counts.get(batch, {}),
                 "served_from_versions": served_from.get(batch, []),
                 "rejected": [
                     {"source_key": r.source_key, "reason": r.reason}
@@ -240,9 +255,36 @@ def status_payload(catalog: Catalog) -> dict:
                     if r.reason.startswith(DUPLICATE_REASON_PREFIX)
                 ],
             }
-            for batch, by_status in counts.items()
+            for batch, batch_status in batches.items()
         ],
     }
+
+
+# Counting stops here: `status` stays quick whatever the inbox holds.
+INBOX_SCAN_LIMIT = 10_000
+IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def runs_in_progress(settings: Settings) -> list[dict] | str:
+    """Dagster runs queued or running in the instance `aindex ui` and the daemon share; a
+    sentence instead when that instance cannot be opened (its database is elsewhere)."""
+    import dagster as dg
+
+    dagster_home(settings)
+    statuses = [dg.DagsterRunStatus[name] for name in IN_PROGRESS]
+    try:
+        runs = dg.DagsterInstance.get().get_runs(filters=dg.RunsFilter(statuses=statuses))
+    except dg.DagsterError as exc:
+        return f"unknown: the Dagster instance cannot be opened ({exc})"
+    return [
+        {
+            "run_id": run.run_id,
+            "job": run.job_name,
+            "status": run.status.value,
+            "batch": run.tags.get("dagster/partition"),
+        }
+        for run in runs
+    ]
 
 
 def served_versions(catalog: Catalog) -> dict[str, list[int]]:
@@ -266,14 +308,39 @@ def status_text(payload: dict) -> str:
     lines = [
         f"index version: {version['id']} ({shown(version['factory'])})"
         if version
-        else "no index yet"
+        else "no index yet",
+        inbox_line(payload),
+        *runs_lines(payload["runs_in_progress"]),
     ]
     for batch in payload["batches"]:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(batch["counts"].items()))
-        lines.append(f"{shown(batch['batch_id'])}: {counts}{serving(batch)}")
+        lines.append(
+            f"{shown(batch['batch_id'])}: {batch['status']}"
+            f" ({counts or 'no images'}){serving(batch)}"
+        )
         for kind, entries in (("rejected", batch["rejected"]), ("duplicate", batch["duplicates"])):
             lines += [f"    {kind} {shown(r['source_key'])}: {shown(r['reason'])}" for r in entries]
     return "\n".join(lines)
+
+
+def inbox_line(payload: dict) -> str:
+    waiting = payload["inbox_waiting"]
+    more = " or more" if payload["inbox_waiting_at_least"] else ""
+    return f"inbox: {waiting}{more} file(s) waiting" + (
+        " (`aindex process` runs them now)" if waiting else ""
+    )
+
+
+def runs_lines(runs: list[dict] | str) -> list[str]:
+    if isinstance(runs, str):
+        return [f"runs in progress: {runs}"]
+    lines = [f"runs in progress: {len(runs)}"]
+    lines += [
+        f"    {r['status'].lower()} {r['job']} run {r['run_id'][:8]}"
+        + (f" for batch {shown(r['batch'])}" if r["batch"] else "")
+        for r in runs
+    ]
+    return lines
 
 
 def serving(batch: dict) -> str:
@@ -286,8 +353,31 @@ def serving(batch: dict) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    payload = status_payload(Catalog.open(settings.database_url))
+    catalog, store = Catalog.open(settings.database_url), open_object_store(settings)
+    payload = status_payload(catalog, store, runs_in_progress(settings))
     emit(args, payload, status_text(payload))
+    return EXIT_OK
+
+
+def cmd_images(args: argparse.Namespace, settings: Settings) -> int:
+    """A batch's images by name: id, status and the file name it was uploaded under."""
+    catalog = Catalog.open(settings.database_url)
+    if catalog.batch(args.batch) is None:
+        raise UserError(f"no batch {args.batch!r} (see `aindex status`)")
+    images = [
+        {
+            "image_id": i.id,
+            "status": i.status,
+            "name": PurePosixPath(i.source_key).name,
+            "source_key": i.source_key,
+        }
+        for i in catalog.images_in_batch(args.batch)
+    ]
+    lines = [f"{i['image_id']}\t{i['status']}\t{shown(i['name'])}" for i in images]
+    refused = catalog.rejected_in_batch(args.batch)
+    if refused:
+        lines.append(f"({len(refused)} file(s) refused: see `aindex status`)")
+    emit(args, {"batch_id": args.batch, "images": images}, "\n".join(lines) or "no images")
     return EXIT_OK
 
 
@@ -302,7 +392,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     manifest = []
     for record in activations:
         image = images[record.image_id]
-        file_name = f"{image.id:012d}-{image.content_hash[:12]}.png"
+        suffix = PurePosixPath(record.object_key).suffix  # the release format's
+        file_name = f"{image.id:012d}-{image.content_hash[:12]}{suffix}"
         store.get_file(record.object_key, destination / file_name)
         manifest.append(
             {
@@ -453,10 +544,55 @@ def add_query_parser(sub: argparse._SubParsersAction) -> None:
     query.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    """Claim and run what waits in the inbox now, in this process (no daemon needed)."""
+    from aindex_assets.foreground import BatchFailed, process_inbox
+
+    run_config = read_run_config(args.config) if args.config else {}
+    dagster_home(settings)
+    catalog = Catalog.open(settings.database_url)
+    try:
+        batch_ids = process_inbox(settings, catalog, run_config)
+    except BatchFailed as exc:  # the step's own message is the user's lead
+        raise UserError(str(exc)) from None
+    counts = catalog.status_counts()
+    batches = [
+        {"batch_id": b, "status": catalog.batch(b).status, "counts": counts.get(b, {})}
+        for b in batch_ids
+    ]
+    lines = [
+        f"{shown(b['batch_id'])}: {b['status']} "
+        f"({', '.join(f'{k}={v}' for k, v in sorted(b['counts'].items())) or 'no images'})"
+        for b in batches
+    ]
+    emit(args, {"batches": batches}, "\n".join(lines) or "the inbox is empty: nothing to process")
+    return EXIT_OK
+
+
+def read_run_config(path: str) -> dict:
+    """Asset config for the batch jobs, as in the launchpad: `ops: {asset: {config: ...}}`."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("ops", {}), dict):
+        raise UserError(f"{path}: expected a mapping with an `ops` mapping of asset config")
+    unknown = set(config) - {"ops"}
+    if unknown:
+        raise UserError(f"{path}: only `ops` may be set here, not {', '.join(sorted(unknown))}")
+    return config
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from aindex_assets.demo import run_demo
+    from aindex_assets.foreground import BatchFailed
 
-    summary = run_demo(settings, images=args.images, max_side=args.max_side)
+    try:
+        summary = run_demo(settings, images=args.images, max_side=args.max_side)
+    except BatchFailed as exc:
+        raise UserError(str(exc)) from None
     emit(args, summary, summary["text"])
     return EXIT_OK
 
@@ -522,15 +658,29 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--max-side", type=positive_int, default=1024, help="longest side of the photos"
     )
+    process = sub.add_parser(
+        "process",
+        help="claim and run what waits in the inbox now, in the foreground (no daemon needed)",
+    )
+    process.add_argument(
+        "--config",
+        metavar="YAML",
+        help="asset config for the batch runs, as in the launchpad: ops: {asset: {config: ...}}",
+    )
     ingest = sub.add_parser("ingest", help="upload files or folders to the inbox")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to upload")
-    sub.add_parser("status", help="batches, counts per status, rejected files with reasons")
+    sub.add_parser(
+        "status",
+        help="inbox, runs in progress, batches with their status and counts, rejected files",
+    )
+    images = sub.add_parser("images", help="a batch's images: id, status and uploaded name")
+    images.add_argument("batch", help="batch id (see `aindex status`)")
     export = sub.add_parser("export", help="activated images of a batch, with a manifest")
     export.add_argument("batch", help="batch id (see `aindex status`)")
     export.add_argument("dest", help="folder to write the images and manifest.json to")
     ui = sub.add_parser("ui", help="start the Dagster UI on the same data")
     ui.add_argument("--port", type=port_number, default=3000, help="port of the UI (default 3000)")
-    for command in (demo, ingest, export, sub.choices["status"]):
+    for command in (demo, process, ingest, export, images, sub.choices["status"]):
         command.add_argument("--json", action="store_true", help="machine-readable output")
     add_report_parser(sub)
     add_query_parser(sub)
@@ -559,8 +709,10 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS = {
     "demo": cmd_demo,
+    "process": cmd_process,
     "ingest": cmd_ingest,
     "status": cmd_status,
+    "images": cmd_images,
     "export": cmd_export,
     "ui": cmd_ui,
     "report": cmd_report,

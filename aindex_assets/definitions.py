@@ -13,12 +13,12 @@ from aindex_assets.defs.copy_detection.sensors import query_sensor
 from aindex_assets.defs.index import assets as index_assets
 from aindex_assets.defs.index import checks as index_checks
 from aindex_assets.defs.ingest import assets as ingest_assets
-from aindex_assets.defs.ingest.sensors import inbox_sensor
+from aindex_assets.defs.ingest.sensors import failed_batch_sensor, inbox_sensor
 from aindex_assets.defs.jobs import ALL_JOBS
 from aindex_assets.defs.reports import assets as report_assets
 from aindex_assets.defs.reports import checks as report_checks
 from aindex_assets.defs.reports import comparison as comparison_assets
-from aindex_assets.defs.resources import ExtractorResource, storage_from_settings
+from aindex_assets.defs.resources import extractor_from_settings, storage_from_settings
 from aindex_assets.settings import Settings
 
 ASSET_MODULES = [
@@ -51,10 +51,10 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
         jobs=ALL_JOBS,
-        sensors=[inbox_sensor, query_sensor, automation_sensor],
+        sensors=[inbox_sensor, failed_batch_sensor, query_sensor, automation_sensor],
         resources={
             "storage": storage_from_settings(settings),
-            "extractor": ExtractorResource(spec=settings.extractor_spec, device=settings.device),
+            "extractor": extractor_from_settings(settings),
         },
         # One batch is a chain of steps that share a loaded network: run them in one
         # process. Parallelism comes from concurrent runs (one per batch) and pools.

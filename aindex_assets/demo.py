@@ -3,53 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+import warnings
+from typing import TextIO
 
-import dagster as dg
-
-from aindex_assets.defs.claims import batch_run_config
-from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
-from aindex_assets.defs.partitions import INGEST_BATCHES
+from aindex_assets.foreground import process_inbox
 from aindex_assets.instance import dagster_home
+from aindex_assets.lib.index import SmallTrainingSet
 from aindex_assets.lib.photos import shrunk_jpeg, split_demo_photos
-from aindex_assets.services.inbox import plan_batches
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.objectstore import open_object_store
 
-MAX_DEMO_BATCHES = 1000
-
-
-def run_inbox(settings: Settings, catalog: Catalog) -> list[str]:
-    """Run every batch waiting in the inbox, each claimed by its own run as the sensor's are."""
-    from aindex_assets.definitions import build_definitions
-
-    instance = dg.DagsterInstance.get()
-    planned = plan_batches(
-        open_object_store(settings), catalog, kind="ingest", max_batches=MAX_DEMO_BATCHES
-    )
-    instance.add_dynamic_partitions(INGEST_BATCHES.name, [b.batch_id for b in planned])
-    defs = build_definitions(settings)
-    for batch in planned:
-        job = bootstrap_job if catalog.active_index_version() is None else activate_batch_job
-        result = defs.resolve_job_def(job.name).execute_in_process(
-            instance=instance,
-            partition_key=batch.batch_id,
-            run_config={
-                **batch_run_config(batch, "raw_images"),
-                "loggers": {"console": {"config": {"log_level": "INFO"}}},
-            },
-            raise_on_error=True,
-        )
-        if not result.success:
-            raise RuntimeError(f"batch {batch.batch_id} failed (run {result.run_id})")
-    if planned:
-        # The daemon's automation sensor would do this after the new served index; the demo
-        # runs without it, and `aindex query` needs a threshold.
-        calibration = dg.materialize([defs.resolve_assets_def("copy_threshold")], instance=instance)
-        if not calibration.success:
-            raise RuntimeError(f"calibrating the copy threshold failed (run {calibration.run_id})")
-    return [b.batch_id for b in planned]
+# Said once, instead of the training-set warning (see `lib.index.SmallTrainingSet`).
+SMALL_INDEX_NOTE = (
+    "The demo trains its index on a few thousand crops of the photos shipped with the "
+    "package, so it trains in seconds; a deployment trains on 10,000 or more of its own images "
+    "(put them under training/images/ in the store)."
+)
 
 
 def summary_text(catalog: Catalog, batch_ids: list[str], activated_uri: str) -> tuple[str, dict]:
@@ -71,10 +43,13 @@ def summary_text(catalog: Catalog, batch_ids: list[str], activated_uri: str) -> 
     return "\n".join(lines), summary
 
 
-def run_demo(settings: Settings, images: int = 24, max_side: int = 1024) -> dict:
+def run_demo(
+    settings: Settings, images: int = 24, max_side: int = 1024, stream: TextIO | None = None
+) -> dict:
     """Upload packaged photos to the inbox, run their batch(es), return the robustness summary.
 
-    The demo trains, and sets its threshold, on packaged photos wherever it runs: it says so.
+    The demo trains, and sets its threshold, on packaged photos wherever it runs: it says so,
+    once, instead of warning that its index is small. Progress goes to `stream` (stderr).
     """
     settings = dataclasses.replace(settings, packaged_photos=True)
     dagster_home(settings)
@@ -82,6 +57,9 @@ def run_demo(settings: Settings, images: int = 24, max_side: int = 1024) -> dict
     to_ingest, _ = split_demo_photos()
     for name, data in to_ingest[:images]:
         store.put_bytes(upload_key(name, prefix=INBOX_PREFIX), shrunk_jpeg(data, max_side))
-    batch_ids = run_inbox(settings, catalog)
+    print(SMALL_INDEX_NOTE, file=stream or sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallTrainingSet)
+        batch_ids = process_inbox(settings, catalog, stream=stream)
     text, summary = summary_text(catalog, batch_ids, f"{store.describe()} under activated/")
     return {**summary, "text": text}

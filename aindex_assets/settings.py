@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 OBJECT_STORE_KINDS = ("local", "s3")
 DEFAULT_DATA_DIR = Path("aindex_data")
@@ -204,9 +204,14 @@ def redact_url(url: str) -> str:
 
 
 def redact_extractor_spec(spec: str) -> str:
-    """An extractor spec safe to log or store: a password in a model URL is replaced."""
+    """An extractor spec safe to log or store: the password and the query values (an access
+    token, a signature) of a model URL are replaced."""
     kind, colon, location = spec.partition(":")
-    return f"{kind}{colon}{redact_url(location)}" if "://" in location else spec
+    if "://" not in location:
+        return spec
+    parts = urlsplit(redact_url(location))
+    query = "&".join(f"{name}=***" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return f"{kind}{colon}{parts._replace(query=query).geturl()}"
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

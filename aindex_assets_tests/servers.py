@@ -33,14 +33,14 @@ from typing import NoReturn
 import pytest
 
 from aindex_assets.storage.catalog import Catalog
-from aindex_assets.storage.devservers import (
+from aindex_assets.storage.objectstore import LocalObjectStore, S3ObjectStore
+from aindex_assets_tests.devservers import (
     SeaweedServer,
     ServerUnavailable,
     postgres_admin_url,
     postgres_answers,
     scratch_database,
 )
-from aindex_assets.storage.objectstore import LocalObjectStore, S3ObjectStore
 
 
 def services_required() -> bool:

@@ -156,6 +156,37 @@ def test_psnr_floor_shrinks_the_perturbation_until_it_holds() -> None:
     assert 42.0 <= achieved < 44.0  # shrunk just enough, not wiped out
 
 
+def test_psnr_floor_holds_for_the_decoded_lossy_release() -> None:
+    """With a lossy format the floor is measured on the decoded file, whose encoder adds
+    an error no shrinking removes: the search lands just above the floor all the same,
+    and a floor the encoder alone misses leaves the original."""
+    from aindex_assets.lib.activation import reader_pixels, to_uint8, within_psnr_floor
+    from aindex_assets.lib.metrics import psnr
+
+    rows, cols = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 96), indexing="ij")
+    original = torch.stack([cols, rows, 0.5 + 0.4 * torch.sin(6 * cols) * torch.cos(4 * rows)])
+    noise = torch.randn(3, 96, 96, generator=torch.Generator().manual_seed(0))
+    loud = (original + 0.03 * noise).clamp(0, 1)
+    before = to_uint8(original)
+    for chosen in ("jpeg", "webp"):
+        develop = reader_pixels(ActivationParams(release_format=chosen))
+        quiet = within_psnr_floor(original, loud, 40.0, develop=develop)
+        achieved = psnr(before, develop(to_uint8(quiet)))
+        assert 40.0 <= achieved < 40.5, chosen
+        assert psnr(before, to_uint8(quiet)) < achieved + 3  # not wiped out
+        encoder_alone = psnr(before, develop(before))
+        unreachable = within_psnr_floor(original, loud, encoder_alone, develop=develop)
+        assert torch.equal(unreachable, original)
+
+
+def test_release_format_and_quality_are_checked() -> None:
+    assert ActivationParams().release_format == "png"
+    with pytest.raises(ValueError, match="release_format 'gif' is not one of png, jpeg, webp"):
+        ActivationParams(release_format="gif")
+    with pytest.raises(ValueError, match="release_quality 0 is not within 1-100"):
+        ActivationParams(release_format="jpeg", release_quality=0)
+
+
 def test_antialiased_optimization_spreads_the_perturbation(extractor, small_index):
     """A 3x downscale without antialias reads one pixel in nine: only those can be perturbed."""
     named = dict(photos.demo_photos())
@@ -306,6 +337,44 @@ def test_small_batch_releases_are_the_same_as_before(extractor, embedded_batch) 
         assert np.array_equal(pixels, result.image)
         assert (record.psnr, record.ssim, record.linf) == (result.psnr, result.ssim, result.linf)
         assert record.distance_after == pytest.approx(result.distance_after)
+
+
+@pytest.mark.parametrize(("chosen", "container"), [("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_lossy_release_is_stored_and_measured_as_decoded(
+    extractor, embedded_batch, chosen, container
+) -> None:
+    """A batch released as JPEG or WebP: each object's extension and content type follow the
+    format, and the recorded quality and distance are those of the decoded file, not of the
+    PNG release of the same optimum (no PSNR floor here, so that the optimum is the same).
+    The lossy PSNR is not always the lower: the encoder also drops part of the perturbation."""
+    from aindex_assets.lib.activation import embed_released
+    from aindex_assets.lib.metrics import ssim
+    from aindex_assets.services.activation import activate_batch
+    from aindex_assets.services.index import load_batch_descriptors, load_originals, load_trained
+
+    store, catalog = embedded_batch
+    params = dataclasses.replace(FAST, min_psnr=None, iterations=1, edited_views=0)
+    as_png = whole_batch_as_before(store, catalog, extractor, params)
+    lossy = dataclasses.replace(params, release_format=chosen)
+    activate_batch(store, catalog, extractor, "batch-a", lossy)
+    images = {i.id: i for i in catalog.images_in_batch("batch-a")}
+    index = load_trained(store, catalog.active_index_version())
+    descriptors = load_batch_descriptors(store, extractor.identity, "batch-a")
+    extension = {"jpeg": ".jpg", "webp": ".webp"}[chosen]
+    for image_id, (pixels, record) in released_by_service(store, catalog).items():
+        assert record.object_key.endswith(extension)
+        assert store.stat(record.object_key).content_type == f"image/{chosen}"
+        assert Image.open(io.BytesIO(store.get_bytes(record.object_key))).format == container
+        [original] = load_originals(store, [images[image_id]])
+        assert record.psnr == pytest.approx(psnr(np.asarray(original), pixels))
+        assert record.ssim == pytest.approx(ssim(np.asarray(original), pixels))
+        assert record.psnr != pytest.approx(as_png[image_id].psnr)
+        assert record.params["release_format"] == chosen
+        assert not np.array_equal(pixels, as_png[image_id].image)
+        [target] = faiss_index.activation_targets(index, descriptors[image_id][None])
+        [feature] = embed_released(extractor, [pixels.copy()])  # torch wants it writable
+        distance = float(((feature - target) ** 2).sum())
+        assert record.distance_after == pytest.approx(distance, abs=1e-5)
 
 
 def test_retry_activates_only_the_rest_and_sweeps_killed_uploads(

@@ -11,6 +11,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from aindex_assets.defs.activation.assets import activated_images
 from aindex_assets.defs.copy_detection.assets import copy_threshold
 from aindex_assets.defs.index.assets import (
     index_distractors,
@@ -38,7 +39,10 @@ def storage(tmp_path: Path) -> StorageResource:
 
 
 def materialize_alone(
-    asset: dg.AssetsDefinition, storage: StorageResource, partition: str | None = None
+    asset: dg.AssetsDefinition,
+    storage: StorageResource,
+    partition: str | None = None,
+    config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     instance = dg.DagsterInstance.ephemeral()
     if partition:
@@ -48,6 +52,7 @@ def materialize_alone(
         resources={"storage": storage, "extractor": ExtractorResource(device="cpu")},
         instance=instance,
         partition_key=partition,
+        run_config={"ops": {asset.node_def.name: {"config": config}}} if config else None,
         raise_on_error=False,
     )
 
@@ -96,6 +101,18 @@ def test_production_refuses_to_train_on_packaged_photos(
     message = failure_text(result)
     assert "training/images/ in the object store holds no usable image" in message
     assert "AINDEX_PACKAGED_PHOTOS=allow" in message
+
+
+def test_release_format_and_quality_are_checked_before_activating(storage) -> None:
+    """An unknown release format is refused by the run's config (the launchpad offers the
+    choices); a quality out of range fails the run on one line that names the field."""
+    batch = "20260101T000000Z-cccc"
+    with pytest.raises(dg.DagsterInvalidConfigError, match="config:release_format not in enum"):
+        materialize_alone(activated_images, storage, batch, {"release_format": "gif"})
+    config = {"release_format": "jpeg", "release_quality": 101}
+    result = materialize_alone(activated_images, storage, batch, config)
+    assert not result.success
+    assert "release_quality 101 is not within 1-100" in failure_text(result)
 
 
 def test_report_of_a_batch_without_activations_is_a_note(storage) -> None:

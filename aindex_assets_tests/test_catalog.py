@@ -5,15 +5,19 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import random
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from aindex_assets.storage.catalog import Base, Catalog, IndexVersion, ids_checksum
-from aindex_assets.storage.migrations import head_revision
+from aindex_assets.storage.migrations import alembic_config, head_revision
 
 BATCH = "20261127T060000Z-ab12cd"
 EXTRACTOR = "e" * 64
@@ -131,6 +135,24 @@ def test_status_updates_are_all_or_nothing(catalog):
         catalog.images_by_ids([ids[0], 987654])
 
 
+def test_a_batch_moves_forward_through_its_stages_and_back_from_failed(catalog):
+    catalog.create_batch(BATCH, "ingest", "inbox/", 3)
+    status = lambda: catalog.batch(BATCH).status  # noqa: E731
+    assert status() == "open"
+    assert catalog.advance_batch_status(BATCH, "activated") and status() == "activated"
+    assert not catalog.advance_batch_status(BATCH, "embedded")  # a re-run step: never back
+    assert status() == "activated"
+    assert catalog.advance_batch_status(BATCH, "failed") and status() == "failed"
+    # Work for other batches (a later publish) does not hide this batch's failure...
+    assert not catalog.advance_batch_status(BATCH, "indexed", from_failed=False)
+    assert status() == "failed"
+    # ...a step of its own re-run that succeeds moves it on.
+    assert catalog.advance_batch_status(BATCH, "reported") and status() == "reported"
+    assert not catalog.advance_batch_status(BATCH, "reported")
+    with pytest.raises(ValueError, match="not one of"):
+        catalog.advance_batch_status(BATCH, "done")
+
+
 def test_activating_a_version_retires_the_previous_one(catalog):
     first = new_version(catalog)
     assert catalog.active_index_version() is None, "creating a version does not activate it"
@@ -193,6 +215,44 @@ def test_reserved_ids_are_unique_under_concurrency(catalog):
     assert sorted(ids) == list(range(1, 41))
 
 
+# A code server evaluates sensor ticks in a pool of threads and caches one catalog per
+# process: the thread that opened it is rarely the one that uses it, closes it or exits.
+CROSS_THREAD_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    from aindex_assets.storage.catalog import Catalog
+
+    opened = {}
+
+    def first_tick():
+        opened["catalog"] = Catalog.open(sys.argv[1])
+        opened["catalog"].create_batch("20261127T060000Z-ab12cd", "ingest")
+
+    worker = threading.Thread(target=first_tick)
+    worker.start()
+    worker.join()
+    assert [b.id for b in opened["catalog"].batches()] == ["20261127T060000Z-ab12cd"]
+    opened["catalog"].close()
+    left_open = {}
+    worker = threading.Thread(target=lambda: left_open.update(c=Catalog.open(sys.argv[1])))
+    worker.start()
+    worker.join()
+    left_open["c"].count_images()  # then left to the interpreter's exit
+    """
+)
+
+
+def test_a_catalog_moves_between_threads_without_sqlite_thread_errors(sqlite_url):
+    child = subprocess.run(
+        [sys.executable, "-c", CROSS_THREAD_SCRIPT, sqlite_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr
+    assert "Traceback" not in child.stderr and "same thread" not in child.stderr, child.stderr
+
+
 def test_reports_are_immutable_with_their_rows(catalog):
     catalog.create_batch(BATCH, "ingest", "inbox/", 0)
     rows = [
@@ -216,14 +276,28 @@ def test_reports_are_immutable_with_their_rows(catalog):
     assert catalog.report(report_id) == report
 
 
-def test_copy_detections_and_inbox_cursor(catalog):
-    catalog.create_batch("q1", "query", "queries/inbox/", 2)
-    catalog.record_copy_detection("q1", "queries/inbox/a.jpg", False, 0.5, score=0.2)
-    catalog.record_copy_detection("q1", "queries/inbox/a.jpg", True, 0.5, score=0.9)
-    (detection,) = catalog.copy_detections("q1")
-    assert (detection.is_copy, detection.score, detection.image_id) == (True, 0.9, None)
-    assert catalog.inbox_cursor("inbox") is None
-    assert catalog.advance_inbox_cursor("inbox", None, "inbox/a")
-    assert not catalog.advance_inbox_cursor("inbox", None, "inbox/b"), "stale expected value"
-    assert catalog.advance_inbox_cursor("inbox", "inbox/a", "inbox/c")
-    assert catalog.inbox_cursor("inbox") == "inbox/c"
+def cursors_table(connection: sa.Connection) -> tuple[list[tuple[str, str, bool]], list[str]]:
+    """The reflected columns (name, type, nullable) and primary key of `cursors`."""
+    inspector = sa.inspect(connection)
+    columns = [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns("cursors")]
+    return columns, inspector.get_pk_constraint("cursors")["constrained_columns"]
+
+
+def test_migration_0005_drops_the_cursors_table_and_its_downgrade_restores_it(catalog_url):
+    engine = sa.create_engine(catalog_url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0004")
+        before = cursors_table(connection)
+        connection.execute(
+            sa.text("INSERT INTO cursors (name, value, updated_at) VALUES ('inbox', 'a', :t)"),
+            {"t": "2026-12-01 00:00:00+00:00"},
+        )
+    catalog = Catalog.open(catalog_url)
+    assert catalog.schema_revision() == head_revision()
+    assert "cursors" not in sa.inspect(catalog.engine).get_table_names()
+    catalog.close()
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0004")
+        assert cursors_table(connection) == before
+        assert connection.execute(sa.text("SELECT count(*) FROM cursors")).scalar() == 0
+    engine.dispose()

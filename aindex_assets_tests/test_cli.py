@@ -1,4 +1,4 @@
-"""The `aindex` command on the embedded default (no pipeline run needed)."""
+"""The `aindex` command on the embedded default."""
 
 import argparse
 import json
@@ -10,8 +10,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from aindex_assets import cli
+from aindex_assets.instance import dagster_home
 from aindex_assets.lib.extractors import ExtractorError
 from aindex_assets.services.copy_detection.detection import ExtractorMismatch, Verdict
 from aindex_assets.services.copy_detection.judge import Judgement
@@ -20,11 +22,14 @@ from aindex_assets.settings import Settings, SettingsError
 from aindex_assets.storage.catalog import CopyThresholdRecord
 from aindex_assets.storage.inbox import INBOX_PREFIX
 from aindex_assets.storage.objectstore import StoreUnreachable, open_object_store
+from aindex_assets_tests.dagster_helpers import FAST_RUN_CONFIG, small_photos
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AINDEX_DATA_DIR", str(tmp_path / "data"))
+    # Commands that open the Dagster instance set DAGSTER_HOME: restored after the test.
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.chdir(tmp_path)  # no stray .env is read
     return tmp_path / "data"
 
@@ -55,7 +60,13 @@ def test_ingest_of_a_missing_path_names_it(data_dir: Path) -> None:
 
 def test_status_on_an_empty_catalog(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["status", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"index_version": None, "batches": []}
+    assert json.loads(capsys.readouterr().out) == {
+        "index_version": None,
+        "inbox_waiting": 0,
+        "inbox_waiting_at_least": False,
+        "runs_in_progress": [],
+        "batches": [],
+    }
 
 
 def test_export_of_an_unknown_batch_fails_clearly(data_dir: Path, tmp_path: Path) -> None:
@@ -397,7 +408,127 @@ def test_status_prints_hostile_keys_escaped(
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
-    assert out.splitlines()[1:] == [
-        "b1: rejected=1",
+    assert out.splitlines()[3:] == [
+        "b1: open (rejected=1)",
         "    rejected inbox/\\x1b[2J\\x1b[Hx.jpg\\x0ab2: registered=9: bad \\x07 bytes",
     ]
+
+
+def fast_run_config(tmp_path: Path, **overrides: dict) -> str:
+    """FAST_RUN_CONFIG (plus per-asset overrides) as the YAML file `process --config` reads."""
+    ops = {**FAST_RUN_CONFIG["ops"], **{k: {"config": v} for k, v in overrides.items()}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"ops": ops}))
+    return str(path)
+
+
+def photos_folder(tmp_path: Path, count: int) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in small_photos(count):
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_process_runs_the_inbox_in_the_foreground_and_batches_move_to_reported(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`aindex ingest` says what happens next; `aindex status` counts what waits; `aindex
+    process` claims and runs it here, naming each step and what it does; then the batch is
+    `reported`, the inbox is empty and `aindex images` lists the photos by name."""
+    folder = photos_folder(tmp_path, 3)
+    assert cli.main(["ingest", str(folder)]) == 0
+    assert "aindex process" in capsys.readouterr().out
+    assert cli.main(["status"]) == 0
+    assert "inbox: 3 file(s) waiting" in capsys.readouterr().out
+
+    config = fast_run_config(
+        tmp_path,
+        robustness_report={"max_negatives": 2, "edits": ["none", "jpeg_50"]},
+        copy_threshold={"max_negatives": 2, "edits_per_negative": 2},
+    )
+    assert cli.main(["process", "--config", config]) == 0
+    out, err = capsys.readouterr()
+    [batch_id] = [line.split(":")[0] for line in out.splitlines()]
+    assert out.strip() == f"{batch_id}: reported (indexed=3)"
+    for step in ("raw_images", "image_embeddings", "activated_images", "robustness_report"):
+        assert f"  {step}: done in " in err
+    assert "  raw_images: The originals of one ingestion batch, decoded" in err
+    assert "  copy_threshold: " in err  # the calibration says what it does
+
+    assert cli.main(["status"]) == 0
+    status = capsys.readouterr().out
+    assert "inbox: 0 file(s) waiting" in status
+    assert f"{batch_id}: reported (indexed=3); served from v1" in status
+    assert cli.main(["images", batch_id]) == 0
+    names = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert sorted(name for _, _, name in names) == sorted(n for n, _ in small_photos(3))
+    assert {status for _, status, _ in names} == {"indexed"}
+    assert cli.main(["process"]) == 0
+    assert capsys.readouterr().out.strip() == "the inbox is empty: nothing to process"
+
+
+def test_a_failing_foreground_batch_is_marked_failed_and_exits_3(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = photos_folder(tmp_path, 2)
+    assert cli.main(["ingest", str(folder)]) == 0
+    config = fast_run_config(
+        tmp_path,
+        training_embeddings={"crops": 20, "crop_size": 64},
+        trained_index={"factory": "IVF4096,Flat"},  # needs 4,096 training vectors
+    )
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["process", "--config", config])
+    assert exited.value.code == cli.EXIT_ERROR
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert message.startswith("aindex process: run ")
+    assert "trained_index: " in message and "needs at least 4096 training vectors" in message
+    assert cli.main(["status", "--json"]) == 0
+    [batch] = json.loads(capsys.readouterr().out)["batches"]
+    assert batch["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ("ops: [1, 2]", "expected a mapping"),
+        ("resources: {}", "only `ops` may be set"),
+        ("{", "not YAML"),
+    ],
+)
+def test_process_refuses_a_bad_config_file_in_one_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, why: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["process", "--config", str(path)])
+    assert exited.value.code == cli.EXIT_ERROR
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"aindex process: {path}: ") and why in line
+
+
+def test_status_lists_the_runs_in_progress(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dagster as dg
+
+    settings = Settings.from_env()
+    dagster_home(settings)
+    instance = dg.DagsterInstance.get()
+    for status, batch in (
+        (dg.DagsterRunStatus.STARTED, "b-running"),
+        (dg.DagsterRunStatus.SUCCESS, "b-done"),
+    ):
+        instance.add_run(
+            dg.DagsterRun(
+                job_name="activate_batch", status=status, tags={"dagster/partition": batch}
+            )
+        )
+    assert cli.main(["status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "runs in progress: 1" in lines
+    [running] = [line for line in lines if "activate_batch run" in line]
+    assert running.strip().startswith("started activate_batch run ")
+    assert running.endswith("for batch b-running")

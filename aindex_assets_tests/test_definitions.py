@@ -13,12 +13,12 @@ import pytest
 from aindex_assets import cli
 from aindex_assets.definitions import build_definitions
 from aindex_assets.defs.claims import with_request_config
-from aindex_assets.defs.ingest.sensors import inbox_sensor
+from aindex_assets.defs.ingest.sensors import failed_batch_sensor, inbox_sensor
 from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.defs.resources import storage_from_settings
 from aindex_assets.lib import index as faiss_index
-from aindex_assets.settings import Settings
+from aindex_assets.settings import DEFAULT_EXTRACTOR, Settings
 from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.objectstore import open_object_store
@@ -174,13 +174,23 @@ def test_batch_run_records_activation_report_and_checks(
             dg.AssetKey("activated_images")
         ).asset_materialization
         assert materialization.metadata["activated"].value == 4
+        report_metadata = instance.get_latest_materialization_event(
+            dg.AssetKey("robustness_report")
+        ).asset_materialization.metadata
+        # Locations are links in the UI, figures are rounded for reading.
+        assert isinstance(report_metadata["html_report"], dg.PathMetadataValue)
+        assert Path(report_metadata["html_report"].path).is_file()
+        recall = report_metadata["recall_at_1_active"].value
+        assert recall == round(recall, 3)
 
         monkeypatch.setenv("AINDEX_DATA_DIR", str(settings.data_dir))
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
         capsys.readouterr()
         assert cli.main(["status", "--json"]) == 0
         status = json.loads(capsys.readouterr().out)
         [batch] = [b for b in status["batches"] if b["batch_id"] == run.partition_key]
         assert batch["counts"]["indexed"] == 4
+        assert batch["status"] == "reported"
         [rejected] = batch["rejected"]
         assert "broken" in rejected["source_key"] and "HTML" in rejected["reason"]
 
@@ -212,6 +222,16 @@ def test_s3_credentials_stay_environment_references_in_resource_config() -> None
     assert "visible-nowhere" not in repr(resource) + repr(settings)
 
 
+def test_a_model_url_with_a_token_stays_an_environment_reference_in_resource_config() -> None:
+    spec = "torchscript:https://models.example.org/sscd.pt?token=token-visible-nowhere"
+    settings = Settings.from_env({"AINDEX_EXTRACTOR": spec}, dotenv=None)
+    resource = build_definitions(settings).resources["extractor"]
+    assert isinstance(resource.spec, dg.EnvVar)
+    assert "visible-nowhere" not in repr(resource)
+    plain = build_definitions(Settings.from_env({}, dotenv=None)).resources["extractor"]
+    assert plain.spec == DEFAULT_EXTRACTOR
+
+
 def test_local_workspace_points_at_the_definitions() -> None:
     import importlib
 
@@ -222,3 +242,28 @@ def test_local_workspace_points_at_the_definitions() -> None:
     target = location["python_module"]
     module = importlib.import_module(target["module_name"])
     assert isinstance(getattr(module, target["attribute"]), dg.Definitions)
+
+
+def test_failed_batch_sensor_marks_the_batch_of_a_failed_run(
+    settings: Settings, defs: dg.Definitions
+) -> None:
+    """A run that failed (a killed worker included) leaves its batch `failed`, not at the
+    stage it last reached, so that `aindex status` does not call a stalled batch healthy."""
+    catalog = Catalog.open(settings.database_url)
+    catalog.create_batch("b1", kind="ingest")
+    catalog.advance_batch_status("b1", "embedded")
+    with dg.instance_for_test() as instance:
+        run = dg.DagsterRun(
+            job_name=activate_batch_job.name,
+            status=dg.DagsterRunStatus.FAILURE,
+            tags={"dagster/partition": "b1"},
+        )
+        instance.add_run(run)
+        context = dg.build_run_status_sensor_context(
+            sensor_name=failed_batch_sensor.name,
+            dagster_event=dg.DagsterEvent("PIPELINE_FAILURE", activate_batch_job.name),
+            dagster_instance=instance,
+            dagster_run=run,
+        ).for_run_failure()
+        failed_batch_sensor(context, storage=defs.resources["storage"])
+    assert catalog.batch("b1").status == "failed"

@@ -245,12 +245,12 @@ def test_duplicates_are_recorded_per_batch_and_shown_by_status(
     inner_reason = {r.source_key: r.reason for r in catalog.rejected_in_batch("batch-3")}
     assert inner_reason[f"{INBOX_PREFIX}batch-3/c2.png"].endswith(", in this batch)")
 
-    payload = cli.status_payload(catalog)
+    payload = cli.status_payload(catalog, local_store, runs=[])
     by_batch = {b["batch_id"]: b for b in payload["batches"]}
     assert by_batch["batch-2"]["rejected"] == []
     assert [d["image_id"] for d in by_batch["batch-2"]["duplicates"]] == [image_a.id] * 2
     text = cli.status_text(payload)
-    assert "batch-2: duplicate=2" in text
+    assert "batch-2: ingested (duplicate=2)" in text
     assert (
         f"    duplicate {INBOX_PREFIX}batch-2/a copy.png: duplicate of image {image_a.id}" in text
     )
@@ -298,15 +298,18 @@ HOSTILE_NAMES = [
 ]
 
 
-def test_status_text_escapes_every_stored_key_and_reason(sqlite_url: str) -> None:
+def test_status_text_escapes_every_stored_key_and_reason(
+    local_store: LocalObjectStore, sqlite_url: str
+) -> None:
     catalog = Catalog.open(sqlite_url)
     catalog.create_batch("hostile", kind="ingest")
     for name in HOSTILE_NAMES:
         catalog.reject_file("hostile", name, f"not an image: {name}")
-    text = cli.status_text(cli.status_payload(catalog))
+    text = cli.status_text(cli.status_payload(catalog, local_store, runs=[]))
     lines = text.split("\n")
-    assert len(lines) == 2 + len(HOSTILE_NAMES), lines  # index line, batch line, one per file
-    assert all(line.startswith("    rejected inbox/") for line in lines[2:])
+    # index, inbox, runs and batch lines, then one per file
+    assert len(lines) == 4 + len(HOSTILE_NAMES), lines
+    assert all(line.startswith("    rejected inbox/") for line in lines[4:])
     assert all(ch.isprintable() for line in lines for ch in line)
     assert "\\x1b]0;owned\\x07\\x1b[2J" in text and "\\x9b31m" in text
     assert "\\u202e" in text and "\\u2028" in text

@@ -161,3 +161,17 @@ def test_merged_shards_equal_one_index(factory: str, data: np.ndarray):
     other = train(factory, data[1000:3000])
     with pytest.raises(ValueError, match="not built from this trained index"):
         faiss_index.merge_shards(trained, [faiss_index.empty_shard(other)])
+
+
+def test_a_small_training_set_is_said_once_in_words_without_faiss_own_warnings(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """faiss prints a warning per k-means on stderr (one per PQ sub-quantizer): a newcomer's
+    first output used to be eight of them after the project's own sentence."""
+    vectors = np.random.default_rng(0).standard_normal((1500, 32)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        faiss_index.train_index("IVF32,PQ8x8", vectors)
+    assert [w.category for w in caught] == [faiss_index.SmallTrainingSet]
+    assert "1500 training vectors, 9984 recommended" in str(caught[0].message)
+    assert "WARNING clustering" not in capfd.readouterr().err

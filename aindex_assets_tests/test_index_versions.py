@@ -122,10 +122,12 @@ def test_released_images_stay_findable_after_a_retrain(
 
 def test_status_names_the_version_each_batch_is_served_from(retrained: Retrained) -> None:
     catalog = Catalog.open(retrained.settings.database_url)
-    payload = cli.status_payload(catalog)
+    store = open_object_store(retrained.settings)
+    payload = cli.status_payload(catalog, store, runs=[])
     served = {b["batch_id"]: b["served_from_versions"] for b in payload["batches"]}
     assert served == {retrained.first_batch: [1], retrained.second_batch: [2]}
-    assert f"{retrained.first_batch}: indexed=3; served from v1" in cli.status_text(payload)
+    text = cli.status_text(payload)
+    assert f"{retrained.first_batch}: reported (indexed=3); served from v1" in text
     check = served_count_matches_catalog(storage=retrained.defs.resources["storage"])
     assert check.passed, check.metadata
 

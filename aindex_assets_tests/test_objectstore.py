@@ -21,7 +21,6 @@ from minio.error import S3Error
 
 from aindex_assets.settings import Settings
 from aindex_assets.storage import keys, objectstore
-from aindex_assets.storage.devservers import free_ports
 from aindex_assets.storage.keys import InvalidKey, safe_name, validate_key
 from aindex_assets.storage.objectstore import (
     BucketNotFound,
@@ -34,6 +33,7 @@ from aindex_assets.storage.objectstore import (
     StoreWriteFailed,
     open_object_store,
 )
+from aindex_assets_tests.devservers import free_ports
 from aindex_assets_tests.servers import s3_store_for
 
 MB = 1024 * 1024

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import dagster as dg
@@ -110,6 +111,11 @@ def test_report_documents_rows_and_files(materialized: Materialized) -> None:
         assert all(store.exists(key) for key in document["files"]["figures"].values())
         record = catalog.report(document["report_id"])
         assert record.payload == document
+        names = [image.source_key for image in catalog.images_by_ids(document["image_ids"])]
+        assert document["audit"]["image_names"] == names
+        page = store.get_bytes(document["files"]["html"]).decode()
+        negatives = [item["name"] for item in document["audit"]["negatives"]["items"]]
+        assert all(f'<td class="name">{escape(name)}</td>' in page for name in names + negatives)
     assert len(catalog.report(first["report_id"]).rows) == 2 * len(PAPER_EDITS)
     assert [(r.edit, r.variant) for r in catalog.report(second["report_id"]).rows] == [
         (edit, variant) for edit in SECOND for variant in ("passive", "active")
@@ -209,9 +215,11 @@ def test_html_report_renders_in_chromium(materialized: Materialized, tmp_path: P
         page.call("Page.navigate", url=page_file.as_uri())
         page.wait_for("document.readyState === 'complete'")
         rows = page.evaluate(f"{EDIT_CELLS}.map(c => c.textContent)")
+        conclusion = page.evaluate("document.getElementById('conclusion').textContent")
         images = page.evaluate(IMAGES)
         pixels = page.screenshot(tmp_path / "report.png")
     assert rows == list(PAPER_EDITS)
+    assert conclusion.startswith("Activation found ") and "edited copies at rank 1" in conclusion
     assert len(images) == 4 and all(src == "data:image/png;base64," for src, _ in images)
     assert all(width > 100 for _, width in images)  # decoded, not broken-image icons
     assert distinct_colours(pixels) > 64 and pixels.std() > 5

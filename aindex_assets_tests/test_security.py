@@ -121,5 +121,9 @@ def test_a_token_in_a_model_url_is_never_shown_or_stored():
     assert "model-token-x" not in shown
     assert shown == f"torchscript:https://user:***@models.example.org/sscd.pt#sha256={'a' * 64}"
     assert redact_extractor_spec("torchvision:resnet50:/w.pth") == "torchvision:resnet50:/w.pth"
+    signed = "torchscript:https://b.example.org/m.pt?X-Amz-Signature=sig-x&X-Amz-Expires=60"
+    assert redact_extractor_spec(signed) == (
+        "torchscript:https://b.example.org/m.pt?X-Amz-Signature=***&X-Amz-Expires=***"
+    )
     settings = Settings.from_env({"AINDEX_EXTRACTOR": spec}, dotenv=None)
     assert "model-token-x" not in repr(settings)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pytest
 import sqlalchemy as sa
 from dagster._serdes import serialize_value
@@ -37,10 +36,10 @@ from aindex_assets.defs.resources import _open_catalog, _open_store
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Base, Catalog
-from aindex_assets.storage.devservers import SeaweedServer, scratch_database
 from aindex_assets.storage.inbox import INBOX_PREFIX, upload_key
 from aindex_assets.storage.keys import validate_key
 from aindex_assets.storage.objectstore import S3ObjectStore
+from aindex_assets_tests.devservers import SeaweedServer, scratch_database
 from aindex_assets_tests.hostile_files import encoded, hostile_corpus, photo_crops
 from aindex_assets_tests.servers import empty_bucket, s3_store_for
 
@@ -266,19 +265,19 @@ def test_s3_stopped_mid_batch_fails_clearly_and_a_rerun_completes_it(
     crops = photo_crops(3, seed=11)
     stack.drop([(f"stop {i}.png", encoded(c, "PNG")) for i, c in enumerate(crops)])
     batch = stack.claim_batch()
-    real_encode_png, calls = activation_module.encode_png, []
+    real_record_release, calls = activation_module.record_release, []
 
-    def encode_then_stop_s3(pixels: np.ndarray) -> bytes:
+    def stop_s3_then_record(*args: object) -> None:
         calls.append(1)
-        if len(calls) == 2:  # the first activated PNG is stored, the second is not
+        if len(calls) == 2:  # the first release is stored, the second is not
             stack.server.stop()
-        return real_encode_png(pixels)
+        real_record_release(*args)
 
-    monkeypatch.setattr(activation_module, "encode_png", encode_then_stop_s3)
+    monkeypatch.setattr(activation_module, "record_release", stop_s3_then_record)
     try:
         failed = stack.run_batch(batch)
     finally:
-        monkeypatch.setattr(activation_module, "encode_png", real_encode_png)
+        monkeypatch.setattr(activation_module, "record_release", real_record_release)
         stack.server.start()
     assert not failed.success
     [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -314,11 +313,13 @@ def test_two_batches_at_once_lose_no_id_and_duplicate_none(
     results: dict[str, dg.ExecuteInProcessResult] = {}
 
     def run(batch: str) -> None:
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions(INGEST_BATCHES.name, [batch])
-        results[batch] = stack.defs.resolve_job_def(BATCH_JOB.name).execute_in_process(
-            instance=instance, partition_key=batch, run_config=stack.run_config(batch)
-        )
+        # Disposed in this thread: an in-memory instance's SQLite connections belong to the
+        # thread that made them, and one left to interpreter exit fails to close there.
+        with dg.DagsterInstance.ephemeral() as instance:
+            instance.add_dynamic_partitions(INGEST_BATCHES.name, [batch])
+            results[batch] = stack.defs.resolve_job_def(BATCH_JOB.name).execute_in_process(
+                instance=instance, partition_key=batch, run_config=stack.run_config(batch)
+            )
 
     threads = [threading.Thread(target=run, args=(b,)) for b in batches]
     for thread in threads:

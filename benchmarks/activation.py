@@ -8,10 +8,14 @@ the held-out photos train the index and serve as distractors. Side by side, in t
   (one image at a time, heatmap recomputed every iteration at full resolution, paper
   parameters, target = reconstruction, no margin, PSNR logged every iteration);
 - the engine again, its scaling set so that its mean PSNR matches the per-image METHOD's
-  (PSNR moves by -20 log10 of the scaling ratio), to compare the recall gains at equal quality.
+  (PSNR moves by -20 log10 of the scaling ratio), to compare the recall gains at equal quality;
+- with `--release-formats`, the engine's releases encoded in each format and decoded back, as
+  a reader gets them: PSNR after encoding, recall@1 of the edits against the originals
+  encoded the same way (passive), and bytes per pixel against the source JPEGs'.
 
     .venv/bin/python benchmarks/activation.py            # default, < 10 min on 2 cores
     .venv/bin/python benchmarks/activation.py --images 8 --distractors 1000 --train 1000
+    .venv/bin/python benchmarks/activation.py --release-formats png,jpeg:95,webp:95
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import io
 import resource
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,11 +35,11 @@ from PIL import Image
 
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib import photos
-from aindex_assets.lib.activation import ActivationParams, activate
+from aindex_assets.lib.activation import ActivationParams, ActivationResult, activate
 from aindex_assets.lib.edits import PAPER_EDITS
 from aindex_assets.lib.evaluation import evaluate_robustness
 from aindex_assets.lib.extractors import IMAGENET_MEAN, IMAGENET_STD, load_extractor
-from aindex_assets.lib.images import pil_to_tensor
+from aindex_assets.lib.images import decode_release, encode_release, pil_to_tensor, release_format
 from aindex_assets.lib.metrics import psnr, ssim
 from aindex_assets.lib.perceptual import jnd_heatmap
 
@@ -100,6 +105,75 @@ def recall_table(result, variant: str) -> dict[str, float]:
     return {row["edit"]: row["recall_at_1"] for row in result.rows if row["variant"] == variant}
 
 
+def parse_release_formats(text: str) -> list[tuple[str, int]]:
+    """`png,jpeg:95,webp:90` -> [(format, quality)], quality 95 when unsaid."""
+    formats = []
+    for item in filter(None, text.split(",")):
+        name, _, quality = item.partition(":")
+        formats.append((release_format(name).value, int(quality or 95)))
+    return formats
+
+
+def source_bytes_per_pixel(to_ingest: list[tuple[str, bytes]]) -> list[float | None]:
+    """Bytes per pixel of each source file; None for a source that is not a JPEG."""
+    rates: list[float | None] = []
+    for _, data in to_ingest:
+        with Image.open(io.BytesIO(data)) as image:
+            jpeg = image.format == "JPEG"
+            rates.append(len(data) / (image.width * image.height) if jpeg else None)
+    return rates
+
+
+def encoded(
+    images: list[np.ndarray], name: str, quality: int
+) -> tuple[list[np.ndarray], list[int]]:
+    """The images as a reader decodes them from their files in this format, and the sizes."""
+    files = [encode_release(pixels, name, quality) for pixels in images]
+    return [decode_release(f) for f in files], [len(f) for f in files]
+
+
+def size_ratio(
+    sizes: list[int], decoded: list[np.ndarray], sources_bpp: list[float | None]
+) -> float:
+    """Total bytes over what the source JPEGs would take at the released sizes (their file
+    sizes when the photos are not downscaled); images from non-JPEG sources left out."""
+    pairs = [
+        (size, image.shape[0] * image.shape[1] * bpp)
+        for size, image, bpp in zip(sizes, decoded, sources_bpp, strict=True)
+        if bpp
+    ]
+    return sum(b for b, _ in pairs) / sum(s for _, s in pairs) if pairs else float("nan")
+
+
+def release_format_rows(
+    formats: list[tuple[str, int]],
+    queried: list[Image.Image],
+    results: list[ActivationResult],
+    sources_bpp: list[float | None],
+    recall: Callable[[list[Image.Image]], dict[str, float]],
+) -> None:
+    """Per format: the decoded releases' PSNR, recall@1 of the originals encoded the same way
+    (passive) and of the releases (active), and bytes against the source JPEGs'."""
+    originals = [np.asarray(image) for image in queried]
+    print(
+        "\nrelease | KiB/image | x source JPEG | PSNR (dB) | none | avg passive | avg active | gain"
+    )
+    for name, quality in formats:
+        decoded, sizes = encoded([r.image for r in results], name, quality)
+        active = recall([Image.fromarray(d) for d in decoded])
+        passive = recall([Image.fromarray(p) for p in encoded(originals, name, quality)[0]])
+        psnrs = np.array([psnr(o, d) for o, d in zip(originals, decoded, strict=True)])
+        gain = np.mean(list(active.values())) - np.mean(list(passive.values()))
+        print(
+            f"{name if name == 'png' else f'{name} q{quality}'} | {np.mean(sizes) / 1024:.0f} | "
+            f"{size_ratio(sizes, decoded, sources_bpp):.2f} | "
+            f"{psnrs.mean():.1f} +- {psnrs.std():.1f} (min {psnrs.min():.1f}) | "
+            f"{passive['none']:.2f} -> {active['none']:.2f} | "
+            f"{np.mean(list(passive.values())):.3f} | {np.mean(list(active.values())):.3f} | "
+            f"{gain:+.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24)
@@ -121,6 +195,12 @@ def main() -> None:
     )
     parser.add_argument("--edits", default="", help="comma-separated subset of the paper's edits")
     parser.add_argument(
+        "--release-formats",
+        default="",
+        help="formats to release the engine's images in, e.g. png,jpeg:95,webp:95 (quality "
+        "after the colon, 95 when unsaid): PSNR, recall@1 and size after encoding",
+    )
+    parser.add_argument(
         "--antialias",
         choices=("off", "activation", "everywhere"),
         default="off",
@@ -128,6 +208,7 @@ def main() -> None:
         "extractor's preprocessing (index, activation and queries)",
     )
     args = parser.parse_args()
+    formats = parse_release_formats(args.release_formats)
     torch.manual_seed(0)
 
     extractor = load_extractor(
@@ -207,13 +288,14 @@ def main() -> None:
     def search(queries: np.ndarray, k: int):
         return faiss_index.search(served, queries, k=k, nprobe=args.nprobe)
 
-    tables = {}
-    # One evaluation per image set (a set alone is evaluated as the "passive" variant).
-    for name, images in {"passive": queried, **released}.items():
+    def recall(images: list[Image.Image]) -> dict[str, float]:
+        # An image set evaluated alone is evaluated as the "passive" variant.
         result = evaluate_robustness(
             images, None, ids.tolist(), extractor.embed_images, search, edits, k=10
         )
-        tables[name] = recall_table(result, "passive")
+        return recall_table(result, "passive")
+
+    tables = {name: recall(images) for name, images in {"passive": queried, **released}.items()}
     names = list(edits)
     print("\nrecall@1 | " + " | ".join(names) + " | avg")
     for variant, table in tables.items():
@@ -225,6 +307,9 @@ def main() -> None:
             f"{variant}: PSNR {p.mean():.1f} +- {p.std():.1f} dB (min {p.min():.1f}), "
             f"SSIM {s.mean():.4f} +- {s.std():.4f}"
         )
+    if formats:
+        sources_bpp = source_bytes_per_pixel(to_ingest[: args.images])
+        release_format_rows(formats, queried, results, sources_bpp, recall)
     print(f"peak RSS {peak_rss_mib():.0f} MiB")
 
 

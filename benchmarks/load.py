@@ -1,6 +1,6 @@
 """Load: about 1,000 files in several batches through the real stack, then an audit.
 
-SeaweedFS (started here through `storage.devservers`) is the object store, a scratch
+SeaweedFS (started here through `aindex_assets_tests.devservers`) is the object store, a scratch
 PostgreSQL database the catalog. Inputs are small random crops (64-128 px, PNG and JPEG) of
 the packaged photos plus a share of hostile files (empty, truncated, HTML, SVG, bombs,
 animations, tiny, banners). They are uploaded to the inbox; the inbox sensor cuts batches
@@ -40,9 +40,9 @@ from aindex_assets.lib.images import decode_image
 from aindex_assets.lib.photos import demo_photos
 from aindex_assets.settings import Settings
 from aindex_assets.storage.catalog import Catalog
-from aindex_assets.storage.devservers import SeaweedServer, scratch_database
 from aindex_assets.storage.inbox import INBOX_PREFIX
 from aindex_assets.storage.objectstore import open_object_store
+from aindex_assets_tests.devservers import SeaweedServer, scratch_database
 from aindex_assets_tests.hostile_files import encoded, png_claiming_size
 
 BOOTSTRAP_CONFIG = {

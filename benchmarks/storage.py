@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 from aindex_assets.storage.catalog import Catalog
-from aindex_assets.storage.devservers import (
+from aindex_assets.storage.objectstore import LocalObjectStore, ObjectStore, S3ObjectStore
+from aindex_assets_tests.devservers import (
     SeaweedServer,
     postgres_admin_url,
     postgres_answers,
     scratch_database,
 )
-from aindex_assets.storage.objectstore import LocalObjectStore, ObjectStore, S3ObjectStore
 
 MB = 1024 * 1024
 ROWS = 10_000

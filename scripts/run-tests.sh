@@ -53,6 +53,14 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 
 status=0
-.venv/bin/python -m pytest aindex_assets_tests "$@" || status=$?
+log=$(mktemp /tmp/aindex-tests.XXXXXX)
+.venv/bin/python -m pytest aindex_assets_tests "$@" 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
 # pytest exits 5 when nothing was collected: that must not pass as green.
+# Errors at interpreter exit come after pytest's verdict and would not change it: a SQLite
+# connection left open in a thread that ended and closed from another one is a leak.
+if grep -q "can only be used in that same thread" "$log"; then
+    echo "FAILED: a SQLite connection made in one thread was closed in another (see above)" >&2
+    status=1
+fi
+rm -f "$log"
 exit "$status"

@@ -76,10 +76,20 @@ compare_indexes_job = dg.define_asset_job(
     ),
 )
 
+calibrate_job = dg.define_asset_job(
+    "calibrate_copy_threshold",
+    selection=dg.AssetSelection.assets("copy_threshold"),
+    description=(
+        "Sets the copy threshold on the served index now (the automation sensor does it after "
+        "each new served index; foreground runs without the daemon call this)."
+    ),
+)
+
 ALL_JOBS = [
     activate_batch_job,
     bootstrap_job,
     retrain_index_job,
     detect_copies_job,
     compare_indexes_job,
+    calibrate_job,
 ]

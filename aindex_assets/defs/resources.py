@@ -16,6 +16,7 @@ from aindex_assets.settings import (
     DEFAULT_DATA_DIR,
     DEFAULT_EXTRACTOR,
     Settings,
+    redact_extractor_spec,
     redact_url,
 )
 from aindex_assets.storage.catalog import Catalog
@@ -105,4 +106,15 @@ def storage_from_settings(settings: Settings) -> StorageResource:
         s3_region=settings.s3_region,
         s3_access_key=dg.EnvVar("AINDEX_S3_ACCESS_KEY"),
         s3_secret_key=dg.EnvVar("AINDEX_S3_SECRET_KEY"),
+    )
+
+
+def extractor_from_settings(settings: Settings) -> ExtractorResource:
+    """The extractor resource; a model URL that carries a secret stays an environment
+    reference (`AINDEX_EXTRACTOR`), resolved only inside the run, since the UI shows
+    resource config."""
+    secret = redact_extractor_spec(settings.extractor_spec) != settings.extractor_spec
+    return ExtractorResource(
+        spec=dg.EnvVar("AINDEX_EXTRACTOR") if secret else settings.extractor_spec,
+        device=settings.device,
     )

@@ -18,8 +18,9 @@ One call activates a list of images (any sizes) for one extractor and one traine
    antialias the resize reads only a sampled grid of rows and columns (2 per output row or
    column), so `d` lives on that grid only (`GridCanvas`), exactly: the other pixels never
    reach the descriptor and are released unchanged;
-5. output: clamp to [0,1], round to 8 bits, and measure PSNR/SSIM/L-inf and the feature to target
-   distance of the 8-bit result (what is actually released).
+5. output: clamp to [0,1], round to 8 bits, encode in the release format (PNG, lossless, or
+   JPEG/WebP), and measure PSNR/SSIM/L-inf and the feature to target distance of the pixels
+   decoded from that file (what is actually released).
 
 The margin term is what keeps activation from losing the unedited image: pulling `f` onto a
 coarse code also pulls it towards other images whose codes are nearly the same, so the loss also
@@ -30,7 +31,8 @@ distance.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import faiss
@@ -42,7 +44,12 @@ from PIL import Image
 
 from aindex_assets.lib import index as faiss_index
 from aindex_assets.lib.extractors import IMAGENET_STD, Extractor
-from aindex_assets.lib.images import pil_to_tensor
+from aindex_assets.lib.images import (
+    decode_release,
+    encode_release,
+    pil_to_tensor,
+    release_format,
+)
 from aindex_assets.lib.metrics import ssim
 from aindex_assets.lib.perceptual import jnd_heatmap
 
@@ -72,6 +79,9 @@ class ActivationParams:
     (rotation, crop, colour, blur: `random_edit`) to the feature loss, an expectation over
     transformations that the paper does not use: the code must then survive edits, not only
     the unedited image. 0 is the paper's objective.
+    `release_format` is the file each release is published as (`lib.images.ReleaseFormat`:
+    png, jpeg or webp) and `release_quality` (1-100) the lossy encoders' quality. Both
+    guarantees and every recorded measure hold for the pixels decoded from that file.
     """
 
     iterations: int = 10
@@ -94,6 +104,8 @@ class ActivationParams:
     keep_first: bool = True
     antialias: bool | None = None
     edited_views: int = 2
+    release_format: str = "png"
+    release_quality: int = 95
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -102,6 +114,9 @@ class ActivationParams:
             raise ValueError("iterations >= 0, batch_size >= 1 and max_pixels_per_batch >= 1")
         if len(self.alpha) != 3:
             raise ValueError("alpha: one value per RGB channel")
+        release_format(self.release_format)
+        if not 1 <= self.release_quality <= 100:
+            raise ValueError(f"release_quality {self.release_quality} is not within 1-100")
 
     @classmethod
     def paper(cls, **overrides: object) -> ActivationParams:
@@ -125,9 +140,11 @@ class ActivationParams:
 
 @dataclass
 class ActivationResult:
-    """One activated image (8-bit HxWx3) and what it cost and gained."""
+    """One activated image, its released file (`encoded`) and the 8-bit HxWx3 pixels a reader
+    decodes from it (`image`), and what it cost and gained, measured on those pixels."""
 
     image: np.ndarray
+    encoded: bytes
     psnr: float
     ssim: float
     linf: float
@@ -198,13 +215,14 @@ def activate(
         activated = optimize_batch(originals, extractor, select(goals, batch), params, generator)
         before = [to_uint8(p) for p in originals]
         if params.min_psnr is not None:
+            develop = reader_pixels(params)
             activated = [
-                within_psnr_floor(p, out, params.min_psnr, before=b)
+                within_psnr_floor(p, out, params.min_psnr, before=b, develop=develop)
                 for p, out, b in zip(originals, activated, before, strict=True)
             ]
-        released = [to_uint8(out) for out in activated]
+        released = [publish(to_uint8(out), params) for out in activated]
         # One batched forward gives every release's descriptor, for the check and the record.
-        after = embed_released(extractor, released)
+        after = embed_released(extractor, [r.pixels for r in released])
         if params.keep_first:
             ranks = own_code_ranks(searched, after, own_ids[batch], params.nprobe)
             for j, i in enumerate(batch):
@@ -223,6 +241,31 @@ def activate(
             for j, i in enumerate(batch)
         )
     return results
+
+
+@dataclass(frozen=True)
+class Release:
+    """One image as published: the encoded file and the 8-bit pixels a reader decodes."""
+
+    data: bytes
+    pixels: np.ndarray
+
+
+def publish(rounded: np.ndarray, params: ActivationParams) -> Release:
+    """The release of 8-bit HxWx3 pixels in the release format; a lossy file is decoded back,
+    since its readers (and every measure of the release) see the decoded pixels."""
+    data = encode_release(rounded, params.release_format, params.release_quality)
+    if release_format(params.release_format).lossless:
+        return Release(data, rounded)
+    return Release(data, decode_release(data))
+
+
+def reader_pixels(params: ActivationParams) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What a reader decodes from the release of 8-bit pixels; None for a lossless format,
+    where it is the pixels themselves (no file needs encoding to know it)."""
+    if release_format(params.release_format).lossless:
+        return None
+    return lambda rounded: publish(rounded, params).pixels
 
 
 def as_pixels(image: Image.Image | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -618,20 +661,22 @@ def not_worse_than_passive(
     passive_rank: int,
     params: ActivationParams,
     attempts: int = 4,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Release, np.ndarray]:
     """For a release that ranks its own code lower than the original does: halve the
     perturbation until it does not (the original itself after `attempts` halvings).
 
-    Returns the 8-bit release and its descriptor.
+    Ranks are those of the decoded release. A lossy format's own loss can rank even the
+    original's release lower: that last fallback is then the best this format allows.
+    Returns the release and its descriptor.
     """
     for _ in range(attempts):
         activated = original + 0.5 * (activated - original)
-        released = to_uint8(activated)
-        feature = embed_released(extractor, [released])
+        release = publish(to_uint8(activated), params)
+        feature = embed_released(extractor, [release.pixels])
         if own_code_ranks(searched, feature, np.array([own_id]), params.nprobe)[0] <= passive_rank:
-            return released, feature[0]
-    released = to_uint8(original)
-    return released, embed_released(extractor, [released])[0]
+            return release, feature[0]
+    release = publish(to_uint8(original), params)
+    return release, embed_released(extractor, [release.pixels])[0]
 
 
 def within_psnr_floor(
@@ -640,21 +685,63 @@ def within_psnr_floor(
     floor_db: float,
     attempts: int = 4,
     before: np.ndarray | None = None,
+    develop: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> torch.Tensor:
-    """Shrink the perturbation until the released 8-bit image is at least `floor_db` PSNR.
+    """Shrink the perturbation until the released image is at least `floor_db` PSNR.
 
-    Scaling a perturbation by c changes the PSNR by -20 log10(c), so one step nearly
-    always lands; the loop absorbs the rounding to 8 bits.
+    `develop`: what a reader decodes from the release of 8-bit pixels (None: a lossless
+    release, the pixels themselves). The scale c of the perturbation is searched by regula
+    falsi on the squared error as a linear function of c^2, between the largest scale
+    found above the floor and the smallest below, aiming FLOOR_MARGIN_DB above the floor.
+    Lossless, that line is exact (the first step nearly always lands; the next ones absorb
+    the rounding to 8 bits). A lossy encoder adds its own error, the line's value at c = 0,
+    and drops part of a small perturbation, so the line is only roughly right: a scale is
+    kept once its release lands less than LOSSY_FLOOR_TOLERANCE_DB above the floor, else
+    the largest scale found above it after `attempts` steps. The original is returned when
+    no scale is (in particular, when the encoder alone leaves no room above the floor).
     """
     before = to_uint8(original) if before is None else before
+
+    def release_psnr(candidate: torch.Tensor) -> float:
+        released = to_uint8(candidate)
+        return psnr_8bit(before, develop(released) if develop else released)
+
+    current = release_psnr(activated)
+    if current >= floor_db:
+        return activated
+    encoder_db = release_psnr(original) if develop else float("inf")
+    if encoder_db <= floor_db + FLOOR_MARGIN_DB:
+        return original.clone()
+    goal = squared_error(floor_db + FLOOR_MARGIN_DB)
+    # (c^2, squared error) of the largest scale found above the floor and the smallest below.
+    above, below = (0.0, squared_error(encoder_db)), (1.0, squared_error(current))
     for _ in range(attempts):
-        current = psnr_8bit(before, to_uint8(activated))
-        if current >= floor_db:
-            return activated
-        shrink = 10 ** ((current - floor_db - 0.1) / 20)
-        # original + shrink * (activated - original), in place on one full-size temporary.
-        activated = (activated - original).mul_(shrink).add_(original).clamp_(0.0, 1.0)
-    return original.clone()
+        square = above[0] + (below[0] - above[0]) * (goal - above[1]) / (below[1] - above[1])
+        candidate = scaled(original, activated, math.sqrt(square))
+        achieved = release_psnr(candidate)
+        if achieved < floor_db:
+            below = (square, squared_error(achieved))
+        elif develop is None or achieved < floor_db + LOSSY_FLOOR_TOLERANCE_DB:
+            return candidate
+        else:
+            above = (square, squared_error(achieved))
+    return scaled(original, activated, math.sqrt(above[0])) if above[0] else original.clone()
+
+
+# The floor's search aims this far above the floor: 8-bit rounding rarely lands below it.
+FLOOR_MARGIN_DB = 0.1
+# A lossy release this close above the floor ends the search (each step is one encoding).
+LOSSY_FLOOR_TOLERANCE_DB = 0.5
+
+
+def squared_error(psnr_db: float) -> float:
+    """The mean squared error of a PSNR, in units of 255^2 (0 for an infinite PSNR)."""
+    return 10 ** (-psnr_db / 10)
+
+
+def scaled(original: torch.Tensor, activated: torch.Tensor, scale: float) -> torch.Tensor:
+    """original + scale * (activated - original), in place on one full-size temporary."""
+    return (activated - original).mul_(scale).add_(original).clamp_(0.0, 1.0)
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -756,18 +843,20 @@ def ssim_8bit(before: np.ndarray, after: np.ndarray, strip_rows: int = STRIP_ROW
 
 def measure(
     before: np.ndarray,
-    released: np.ndarray,
+    release: Release,
     feature_after: np.ndarray,
     goals: Goals,
     position: int,
     feature_before: np.ndarray,
 ) -> ActivationResult:
-    """Quality and feature distances of the released 8-bit image (not of the float optimum)."""
+    """Quality and feature distances of the release as decoded (not of the float optimum)."""
     target = goals.targets[position]
     y = torch.from_numpy(feature_before).to(target.device)
     after = torch.from_numpy(feature_after).to(target.device)
+    released = release.pixels
     result = ActivationResult(
         image=released,
+        encoded=release.data,
         psnr=psnr_8bit(before, released),
         ssim=ssim_8bit(before, released) if min(released.shape[:2]) >= 11 else float("nan"),
         linf=linf_8bit(before, released),

@@ -49,6 +49,7 @@ from aindex_assets.lib.metrics import (
     ranks_of_truth,
     recall_at_k,
 )
+from aindex_assets.lib.progress import progress_bar
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -274,48 +275,53 @@ def evaluate_robustness(
         k=k, higher_is_better=higher_is_better, truth=truth.tolist(), reranked=rerank is not None
     )
     negative_keys = list(range(len(negatives)))
-    for edit_name, edit in edits.items():
-        negative_hits = None
-        negative_tops: list[TopMatch | None] = []
-        if len(negatives):
-            edited = _embed_edited(
-                negatives, negative_keys, _NEGATIVE, edit, embed, seed, batch_size
-            )
-            negative_hits = search(edited, k)
-            negative_tops = _top_matches(edited, negative_hits, rerank)
-        result.negative_top_matches[edit_name] = negative_tops
-        for variant, images in variants.items():
-            queries = _embed_edited(
-                images, truth.tolist(), _MATCHING, edit, embed, seed, batch_size
-            )
-            scores, found = search(queries, k)
-            tops = _top_matches(queries, (scores, found), rerank)
-            ranks = ranks_of_truth(np.asarray(found), truth)
-            row: dict[str, Any] = {
-                "edit": edit_name,
-                "variant": variant,
-                "params": edit.params,
-                "n": len(truth),
-                "n_negatives": len(negatives),
-            }
-            row |= {f"recall_at_{c}": recall_at_k(ranks, c) for c in _recall_cutoffs(k)}
-            row["mrr"] = mean_reciprocal(ranks)
-            if rerank is None:
-                curve = _copy_detection_curve(
-                    (np.asarray(scores), np.asarray(found)), truth, negative_hits, higher_is_better
+    with progress_bar(len(edits), "evaluation", unit="edit") as bar:
+        for edit_name, edit in edits.items():
+            negative_hits = None
+            negative_tops: list[TopMatch | None] = []
+            if len(negatives):
+                edited = _embed_edited(
+                    negatives, negative_keys, _NEGATIVE, edit, embed, seed, batch_size
                 )
-            else:
-                curve = _top_match_curve(tops, truth, negative_tops, higher_is_better)
-            row["micro_ap"] = curve.average_precision()
-            row["recall_at_p90"] = curve.recall_at_precision(0.9)
-            matching = list(zip(truth.tolist(), tops, strict=True))
-            for fpr in REPORT_FPRS:
-                point = operating_point(matching, negative_tops, fpr, higher_is_better)
-                row[tpr_key(fpr)] = point.tpr if negative_tops else float("nan")
-            result.rows.append(row)
-            result.per_query_ranks[(edit_name, variant)] = ranks
-            result.pr_curves[(edit_name, variant)] = curve
-            result.top_matches[(edit_name, variant)] = tops
+                negative_hits = search(edited, k)
+                negative_tops = _top_matches(edited, negative_hits, rerank)
+            result.negative_top_matches[edit_name] = negative_tops
+            for variant, images in variants.items():
+                queries = _embed_edited(
+                    images, truth.tolist(), _MATCHING, edit, embed, seed, batch_size
+                )
+                scores, found = search(queries, k)
+                tops = _top_matches(queries, (scores, found), rerank)
+                ranks = ranks_of_truth(np.asarray(found), truth)
+                row: dict[str, Any] = {
+                    "edit": edit_name,
+                    "variant": variant,
+                    "params": edit.params,
+                    "n": len(truth),
+                    "n_negatives": len(negatives),
+                }
+                row |= {f"recall_at_{c}": recall_at_k(ranks, c) for c in _recall_cutoffs(k)}
+                row["mrr"] = mean_reciprocal(ranks)
+                if rerank is None:
+                    curve = _copy_detection_curve(
+                        (np.asarray(scores), np.asarray(found)),
+                        truth,
+                        negative_hits,
+                        higher_is_better,
+                    )
+                else:
+                    curve = _top_match_curve(tops, truth, negative_tops, higher_is_better)
+                row["micro_ap"] = curve.average_precision()
+                row["recall_at_p90"] = curve.recall_at_precision(0.9)
+                matching = list(zip(truth.tolist(), tops, strict=True))
+                for fpr in REPORT_FPRS:
+                    point = operating_point(matching, negative_tops, fpr, higher_is_better)
+                    row[tpr_key(fpr)] = point.tpr if negative_tops else float("nan")
+                result.rows.append(row)
+                result.per_query_ranks[(edit_name, variant)] = ranks
+                result.pr_curves[(edit_name, variant)] = curve
+                result.top_matches[(edit_name, variant)] = tops
+            bar.update()
     return result
 
 

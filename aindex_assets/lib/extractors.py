@@ -41,6 +41,7 @@ from PIL import Image
 from torch import nn
 
 from aindex_assets.lib.images import pil_to_tensor
+from aindex_assets.lib.progress import progress_bar
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -138,13 +139,14 @@ class Extractor(nn.Module):
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Descriptors (N, dim) float32 of PIL images of any sizes, computed exactly as `embed`."""
         out = np.zeros((len(images), self.dim), dtype=np.float32)
-        with torch.no_grad():
+        with torch.no_grad(), progress_bar(len(images), "descriptors") as bar:
             for start in range(0, len(images), batch_size):
                 chunk = images[start : start + batch_size]
                 resized = torch.cat(
                     [self.resize(pil_to_tensor(im, self.device)[None]) for im in chunk]
                 )
                 out[start : start + len(chunk)] = self.embed_resized(resized).cpu().numpy()
+                bar.update(len(chunk))
         return out
 
     def _descriptor(self, normalized: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Safe decoding of uploaded image files, content hashing and lossless encoding.
+"""Safe decoding of uploaded image files, content hashing, and the encoding of releases.
 
 Everything that enters the pipeline goes through `decode_image`, which either returns
 an RGB image with its EXIF orientation applied or raises `ImageRejected` with a reason
@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -311,13 +312,74 @@ def _composite_on_white(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Lossless PNG of an HxWx3 uint8 array (activated images must keep every bit)."""
+def check_rgb8(pixels: np.ndarray) -> None:
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 array, got {pixels.dtype} {pixels.shape}")
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG of an HxWx3 uint8 array (activated images must keep every bit)."""
+    check_rgb8(pixels)
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class ReleaseFormat(StrEnum):
+    """The file format activated images are released in.
+
+    PNG is lossless, the default. JPEG and WebP are several times smaller but lossy: what a
+    reader decodes differs from the activated pixels, so the released image's quality and
+    descriptor are measured on the decoded file. The content type is ``image/<value>``.
+    """
+
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+    @property
+    def lossless(self) -> bool:
+        return self is ReleaseFormat.png
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+
+def release_format(name: str) -> ReleaseFormat:
+    """The release format called `name`, or a ValueError naming the field and the choices."""
+    try:
+        return ReleaseFormat(name)
+    except ValueError:
+        choices = ", ".join(f.value for f in ReleaseFormat)
+        raise ValueError(f"release_format {name!r} is not one of {choices}") from None
+
+
+def encode_release(pixels: np.ndarray, release: ReleaseFormat | str, quality: int = 95) -> bytes:
+    """The released file of an HxWx3 uint8 array, in `release` format at `quality` (1-100).
+
+    PNG ignores `quality`. JPEG keeps full-resolution chroma (4:4:4): activation may move
+    blue up to 5x more than green (alpha is inversely proportional to the luma weights), and
+    on the packaged photos 4:4:4 at quality 95 measured 1.3-4 dB above 4:2:0 for about 30%
+    more bytes; its Huffman tables are optimized (smaller file, same pixels). WebP is libwebp's
+    lossy mode, whose chroma is always 4:2:0.
+    """
+    chosen = release_format(release)
+    if chosen.lossless:
+        return encode_png(pixels)
+    check_rgb8(pixels)
+    options = {"subsampling": 0, "optimize": True} if chosen is ReleaseFormat.jpeg else {}
+    buffer = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    image.save(buffer, format=chosen.value.upper(), quality=quality, **options)
+    return buffer.getvalue()
+
+
+def decode_release(data: bytes) -> np.ndarray:
+    """HxWx3 uint8 pixels (writable) of a file written by `encode_release` (trusted: no
+    upload checks)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.array(image.convert("RGB"))
 
 
 def pil_to_tensor(image: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -30,6 +30,10 @@ class IndexSpecError(ValueError):
     """An index request that cannot work (bad factory, too little data, wrong dimension)."""
 
 
+class SmallTrainingSet(UserWarning):
+    """Fewer training vectors than the factory's quantizers want: it works, less well."""
+
+
 def as_matrix(vectors: np.ndarray, d: int | None = None, what: str = "vectors") -> np.ndarray:
     """A C-contiguous float32 (n, d) matrix, or a clear error."""
     array = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -114,13 +118,29 @@ def train_index(factory: str, vectors: np.ndarray, metric: str = "l2") -> faiss.
         warnings.warn(
             f"factory {factory!r}: {len(x)} training vectors, {recommended} recommended "
             f"({'; '.join(reasons)}); the quantizer will be poor",
+            SmallTrainingSet,
             stacklevel=2,
         )
+    quiet_clustering(index)
     index.train(x)
     if ivf_of(index) is None:
         index = faiss.IndexIDMap2(index)
     # A serialization round trip gives one object that owns all its parts.
     return deserialize_index(serialize_index(index))
+
+
+def quiet_clustering(index: faiss.Index) -> None:
+    """Stop faiss printing its own warning per k-means (one per PQ sub-quantizer) on stderr:
+    `train_index` has already said, once and in words, what a small training set means."""
+    ivf = ivf_of(index)
+    _, base = split_transforms(index)
+    for level in (ivf, base):
+        for parameters in (
+            getattr(level, "cp", None),
+            getattr(getattr(level, "pq", None), "cp", None),
+        ):
+            if parameters is not None:
+                parameters.min_points_per_centroid = 1
 
 
 def add_with_ids(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:

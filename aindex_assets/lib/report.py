@@ -234,7 +234,8 @@ def build_payload(
     """The report document (schema `SCHEMA_VERSION`) from a result and its audit trail.
 
     `audit` must hold report_id, batch_id, created_at, extractor, index, activation,
-    evaluation, negatives and image_ids (see `report_schema.json`); package and git
+    evaluation, negatives and image_ids, and may hold image_names, the source key of each
+    image (see `report_schema.json`); package and git
     commit are added here. Index version, factory, extractor identity, image ids, seed,
     k and nprobe are repeated at the top level, where readers of schema 1 find them.
     """
@@ -292,11 +293,64 @@ def quality_markdown(quality: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def image_names(payload: Mapping[str, Any]) -> dict[int, str]:
+    """Image id -> source key; empty for documents written before names were recorded."""
+    audit = payload["audit"]
+    return dict(zip(audit["image_ids"], audit.get("image_names", []), strict=False))
+
+
+def image_label(image_id: int, names: Mapping[int, str]) -> str:
+    """`12 (inbox/cat.jpg)`, or `12` when the name is not known."""
+    name = names.get(image_id)
+    return f"{image_id} ({name})" if name else str(image_id)
+
+
+def rank_one_hits(payload: Mapping[str, Any]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per edit and variant: (edited copies found at rank 1, edited copies searched)."""
+    table: dict[str, dict[str, tuple[int, int]]] = {}
+    for row in payload["result"]["rows"]:
+        found = round((row["recall_at_1"] or 0.0) * row["n"])
+        table.setdefault(row["edit"], {})[row["variant"]] = (found, row["n"])
+    return table
+
+
+def conclusion(payload: Mapping[str, Any]) -> str:
+    """One sentence: edited copies activation gained (or lost) at rank 1, at what PSNR, and
+    which edits got worse. Counts, not averages, so that a reader can check them by hand."""
+    by_edit = rank_one_hits(payload)
+    found = {v: sum(cells[v][0] for cells in by_edit.values()) for v in ("passive", "active")}
+    total = sum(cells["passive"][1] for cells in by_edit.values())
+    gained = found["active"] - found["passive"]
+    if gained > 0:
+        sentence = f"Activation found {gained} more of {total} edited copies at rank 1"
+    elif gained < 0:
+        sentence = f"Activation found {-gained} fewer of {total} edited copies at rank 1"
+    else:
+        sentence = f"Activation found as many of {total} edited copies at rank 1 as without it"
+    rates = " → ".join(f"{v} {number_cell(found[v] / total)}" for v in ("passive", "active"))
+    mean_psnr = payload["quality"]["psnr"]["mean"]
+    quality = (
+        "with every image released unchanged"
+        if mean_psnr is None
+        else f"at a mean PSNR of {mean_psnr:.1f} dB"
+    )
+    worse = [e for e, cells in by_edit.items() if cells["active"][0] < cells["passive"][0]]
+    return f"{sentence} ({rates}), {quality}; {_worse_clause(worse, len(by_edit))}."
+
+
+def _worse_clause(worse: Sequence[str], n_edits: int, shown: int = 5) -> str:
+    if not worse:
+        return "no edit got worse at rank 1"
+    names = ", ".join(worse[:shown]) + (f" and {len(worse) - shown} more" if worse[shown:] else "")
+    return f"{len(worse)} of {n_edits} edits got worse at rank 1: {names}"
+
+
 def audit_lines(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs of the audit trail, for text and HTML views."""
     audit = payload["audit"]
     index, evaluation, negatives = audit["index"], audit["evaluation"], audit["negatives"]
     params = audit["activation"]["params"]
+    names = image_names(payload)
     return [
         ("report", f"{payload['report_id']} (batch {payload['batch_id']})"),
         ("created", payload["created_at"]),
@@ -310,7 +364,7 @@ def audit_lines(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
             f" edits: {evaluation['edit_set']}",
         ),
         ("activation parameters", json.dumps(params, sort_keys=True)),
-        ("images", ", ".join(str(i) for i in audit["image_ids"])),
+        ("images", ", ".join(image_label(i, names) for i in audit["image_ids"])),
         (
             "non-matching queries",
             f"{len(negatives['items'])} from {negatives['source']}"
@@ -327,8 +381,9 @@ _SCORES = {
 
 
 def report_markdown(payload: Mapping[str, Any]) -> str:
-    """The whole report as markdown: audit trail, recall table, copy detection, quality."""
+    """The whole report as markdown: conclusion, audit trail, recall, copy detection, quality."""
     lines = [f"# Robustness report {payload['report_id']} — batch {payload['batch_id']}", ""]
+    lines += [conclusion(payload), ""]
     lines += [f"- **{label}**: {value}" for label, value in audit_lines(payload)]
     lines += ["", "## Recall of edited copies, passive vs active", "", payload["markdown"], ""]
     lines += ["## Copy detection (all edits pooled)", "", copy_detection_markdown(payload)]

@@ -12,11 +12,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from aindex_assets.lib.report import image_label, image_names
+
 COLOURS = {"passive": "#9e9e9e", "active": "#1f77b4"}
+CHANGE_COLOURS = {"gain": "#2ca02c", "loss": "#d62728"}
+MIN_CHANGE_SPAN = 0.05  # the change axis spans at least ±0.05 even when nothing changed
 DPI = 80
 EXAMPLE_SIDE = 160
 
@@ -32,31 +37,53 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def recall_bar_chart(payload: Mapping[str, Any]) -> bytes:
-    """Recall@1 per edit, passive and active bars side by side."""
+def recall_figure(payload: Mapping[str, Any]) -> Figure:
+    """Recall@1 per edit, passive and active bars side by side; below, active − passive."""
     rows = payload["result"]["rows"]
     edits = list(dict.fromkeys(row["edit"] for row in rows))
-    recall = {(row["edit"], row["variant"]): row["recall_at_1"] for row in rows}
+    recall = {(row["edit"], row["variant"]): row["recall_at_1"] or 0.0 for row in rows}
     variants = [v for v in COLOURS if any(row["variant"] == v for row in rows)]
-    figure = Figure(figsize=(max(6.0, 0.45 * len(edits)), 3.2))
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(max(6.0, 0.45 * len(edits)), 4.6))
+    bars, change = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.4))
     x, width = np.arange(len(edits)), 0.8 / len(variants)
     for i, variant in enumerate(variants):
-        heights = [recall.get((edit, variant)) or 0.0 for edit in edits]
-        axes.bar(x + (i - (len(variants) - 1) / 2) * width, heights, width, label=variant,
+        heights = [recall.get((edit, variant), 0.0) for edit in edits]
+        bars.bar(x + (i - (len(variants) - 1) / 2) * width, heights, width, label=variant,
                  color=COLOURS[variant])  # fmt: skip
-    axes.set_xticks(x, edits, rotation=60, ha="right", fontsize=8)
-    axes.set_ylim(0, 1.05)
-    axes.set_ylabel("recall@1")
-    axes.set_title(f"Recall@1 per edit, batch {payload['batch_id']}", fontsize=10)
-    axes.legend(fontsize=8, loc="lower left")
+    bars.set_ylim(0, 1.05)
+    bars.set_ylabel("recall@1")
+    bars.set_title(f"Recall@1 per edit, batch {payload['batch_id']}", fontsize=10)
+    # Outside the axes: inside, it hid the bars of whichever edits sat under it.
+    bars.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    bars.grid(axis="y", alpha=0.3)
+    differences = [recall.get((e, "active"), 0.0) - recall.get((e, "passive"), 0.0) for e in edits]
+    change_panel(change, x, differences)
+    change.set_xticks(x, edits, rotation=60, ha="right", fontsize=8)
+    return figure
+
+
+def change_panel(axes: Axes, x: np.ndarray, differences: Sequence[float]) -> None:
+    """Active − passive per edit: gains green, losses red, each labelled with its value.
+
+    The range is fitted to the largest change, not 0..1, so that one copy in a hundred
+    still makes a visible bar; a zero change is labelled, so it is not read as missing.
+    """
+    colours = [CHANGE_COLOURS["loss" if d < 0 else "gain"] for d in differences]
+    axes.bar(x, differences, 0.6, color=colours)
+    axes.axhline(0.0, color="#444444", linewidth=0.8)
+    span = max(MIN_CHANGE_SPAN, 1.3 * max((abs(d) for d in differences), default=0.0))
+    axes.set_ylim(-span, span)
+    for position, difference in zip(x, differences, strict=True):
+        label = f"{difference:+.3f}" if difference else "0"
+        va = "top" if difference < 0 else "bottom"
+        axes.text(position, difference, label, ha="center", va=va, fontsize=7)
+    axes.set_ylabel("active − passive", fontsize=8)
     axes.grid(axis="y", alpha=0.3)
-    return _png(figure)
 
 
-def precision_recall_chart(payload: Mapping[str, Any]) -> bytes:
+def precision_recall_figure(payload: Mapping[str, Any]) -> Figure:
     """The pooled copy-detection precision-recall curve, passive vs active."""
-    figure = Figure(figsize=(4.5, 3.4))
+    figure = Figure(figsize=(4.5, 3.8))
     axes = figure.add_subplot()
     for variant, section in payload["copy_detection"].items():
         curve = section["curve"]
@@ -72,12 +99,13 @@ def precision_recall_chart(payload: Mapping[str, Any]) -> bytes:
     axes.set_xlabel("recall")
     axes.set_ylabel("precision")
     axes.set_title("Copy detection, all edits pooled", fontsize=10)
-    axes.legend(fontsize=8)
+    # Below the axes: the curves run along the top and right edges, where a legend sits.
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     axes.grid(alpha=0.3)
-    return _png(figure)
+    return figure
 
 
-def psnr_histogram(payload: Mapping[str, Any]) -> bytes:
+def psnr_figure(payload: Mapping[str, Any]) -> Figure:
     """Histogram of the PSNR of the released images (infinite values left out)."""
     values = [q["psnr"] for q in payload["quality"]["per_image"] if q["psnr"] is not None]
     figure = Figure(figsize=(4.5, 3.0))
@@ -86,7 +114,7 @@ def psnr_histogram(payload: Mapping[str, Any]) -> bytes:
     axes.set_xlabel("PSNR (dB)")
     axes.set_ylabel("images")
     axes.set_title(f"PSNR of {len(values)} released images", fontsize=10)
-    return _png(figure)
+    return figure
 
 
 def amplified_difference(
@@ -100,24 +128,49 @@ def amplified_difference(
     return Image.fromarray(np.clip(difference * gain, 0, 255).astype(np.uint8)), gain
 
 
-def examples_grid(pairs: Sequence[tuple[int, Image.Image, Image.Image]]) -> bytes:
-    """One row per (image id, original, activated): the two and their amplified difference."""
-    figure = Figure(figsize=(6.0, 2.0 * max(1, len(pairs))))
-    for row, (image_id, original, activated) in enumerate(pairs):
-        difference, gain = amplified_difference(original, activated)
-        panels = [
-            (original, f"original {image_id}"),
-            (activated, "activated"),
-            (difference, f"|difference| x{gain:.0f}"),
-        ]
-        for column, (image, title) in enumerate(panels):
-            axes = figure.add_subplot(len(pairs), 3, 3 * row + column + 1)
-            thumbnail = image.convert("RGB")
-            thumbnail.thumbnail((EXAMPLE_SIDE, EXAMPLE_SIDE))
-            axes.imshow(np.asarray(thumbnail))
-            axes.set_title(title, fontsize=8)
+def thumbnail_difference(
+    original: Image.Image, activated: Image.Image
+) -> tuple[np.ndarray, float] | None:
+    """The amplified difference as a thumbnail, stretched again so its brightest 1% saturate
+    (shrinking averages a fine perturbation towards black); and the total gain. None when
+    the image was released unchanged."""
+    difference, gain = amplified_difference(original, activated)
+    if not np.asarray(difference).any():
+        return None
+    small = _thumbnail(difference).astype(np.float64)
+    extra = 255.0 / max(float(np.percentile(small, 99)), 1.0)
+    return np.clip(small * extra, 0, 255).astype(np.uint8), gain * extra
+
+
+def _thumbnail(image: Image.Image) -> np.ndarray:
+    thumbnail = image.convert("RGB")
+    thumbnail.thumbnail((EXAMPLE_SIDE, EXAMPLE_SIDE))
+    return np.asarray(thumbnail)
+
+
+def examples_figure(examples: Sequence[tuple[str, Image.Image, Image.Image]]) -> Figure:
+    """One row per (label, original, activated): the two and their amplified difference."""
+    figure = Figure(figsize=(6.0, 2.0 * max(1, len(examples))))
+    for row, (label, original, activated) in enumerate(examples):
+        panels = [(_thumbnail(original), f"original {label}"), (_thumbnail(activated), "activated")]
+        shown = thumbnail_difference(original, activated)
+        if shown is None:
+            panels.append((np.zeros_like(panels[0][0]), "no difference"))
+        else:
+            panels.append((shown[0], f"|difference| x{shown[1]:.0f}"))
+        for column, (pixels, panel_title) in enumerate(panels):
+            axes = figure.add_subplot(len(examples), 3, 3 * row + column + 1)
+            axes.imshow(pixels)
+            axes.set_title(panel_title, fontsize=8)
             axes.axis("off")
-    return _png(figure)
+    return figure
+
+
+def example_label(image_id: int, names: Mapping[int, str], width: int = 18) -> str:
+    """`12 (cat.jpg)`: the id and the end of its file name, short enough for a panel title."""
+    name = names.get(image_id, "").rsplit("/", 1)[-1]
+    short = name if len(name) <= width else "…" + name[-(width - 1) :]
+    return image_label(image_id, {image_id: short})
 
 
 def report_figures(
@@ -125,17 +178,19 @@ def report_figures(
 ) -> dict[str, bytes]:
     """All figures by name: recall_at_1, precision_recall, psnr_histogram and examples."""
     figures = {
-        "recall_at_1": recall_bar_chart(payload),
-        "precision_recall": precision_recall_chart(payload),
-        "psnr_histogram": psnr_histogram(payload),
+        "recall_at_1": _png(recall_figure(payload)),
+        "precision_recall": _png(precision_recall_figure(payload)),
+        "psnr_histogram": _png(psnr_figure(payload)),
     }
     if examples:
-        figures["examples"] = examples_grid(examples)
+        names = image_names(payload)
+        labelled = [(example_label(i, names), o, a) for i, o, a in examples]
+        figures["examples"] = _png(examples_figure(labelled))
     return figures
 
 
 FIGURE_TITLES = {
-    "recall_at_1": "Recall@1 per edit, passive vs active",
+    "recall_at_1": "Recall@1 per edit, passive vs active, and the change (active − passive)",
     "precision_recall": "Copy-detection precision-recall curve (all edits pooled)",
     "psnr_histogram": "PSNR of the released images",
     "examples": "Examples: original, activated, amplified difference",

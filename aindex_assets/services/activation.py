@@ -26,7 +26,8 @@ from aindex_assets.lib.activation import (
     with_own_codes,
 )
 from aindex_assets.lib.extractors import Extractor
-from aindex_assets.lib.images import encode_png
+from aindex_assets.lib.images import release_format
+from aindex_assets.lib.progress import progress_bar
 from aindex_assets.services.index import (
     load_batch_descriptors,
     load_originals,
@@ -100,6 +101,7 @@ def activate_batch(
     todo, skipped = images_to_activate(catalog, batch_id)
     outcome = BatchActivation(version.id, already_activated=skipped)
     if not todo:
+        catalog.advance_batch_status(batch_id, "activated")
         return outcome
     outcome.swept = sweep_release_folders(store, version.id, todo)
     descriptors = load_batch_descriptors(store, extractor.identity, batch_id)
@@ -114,23 +116,26 @@ def activate_batch(
     )
     own_ids = member_ids[: len(todo)]
     generator = noise_generator(params.seed)
-    for chunk in plan_chunks([i.width * i.height for i in todo], params):
-        images = [todo[j] for j in chunk]
-        results = activate(
-            load_originals(store, images),
-            extractor,
-            index,
-            params,
-            original_features=np.stack([descriptors[i.id] for i in images]),
-            database=searched,
-            own_ids=own_ids[chunk],
-            generator=generator,
-        )
-        for image, result in zip(images, results, strict=True):
-            record_release(store, catalog, version.id, extractor, params, image, result)
-            outcome.released.append((image, result.psnr, result.ssim))
-        catalog.set_status([i.id for i in images], "activated")
-        del results  # the chunk's full-resolution releases, before the next chunk is read
+    with progress_bar(len(todo), "activation") as bar:
+        for chunk in plan_chunks([i.width * i.height for i in todo], params):
+            images = [todo[j] for j in chunk]
+            results = activate(
+                load_originals(store, images),
+                extractor,
+                index,
+                params,
+                original_features=np.stack([descriptors[i.id] for i in images]),
+                database=searched,
+                own_ids=own_ids[chunk],
+                generator=generator,
+            )
+            for image, result in zip(images, results, strict=True):
+                record_release(store, catalog, version.id, extractor, params, image, result)
+                outcome.released.append((image, result.psnr, result.ssim))
+            catalog.set_status([i.id for i in images], "activated")
+            bar.update(len(images))
+            del results  # the chunk's full-resolution releases, before the next chunk is read
+    catalog.advance_batch_status(batch_id, "activated")
     return outcome
 
 
@@ -143,9 +148,11 @@ def record_release(
     image: ImageRecord,
     result: ActivationResult,
 ) -> None:
-    """Store one release as a lossless PNG, then record its activation (object first)."""
-    key = activated_key(version_id, image.content_hash)
-    store.put_bytes(key, encode_png(result.image), content_type="image/png")
+    """Store one release as encoded (its key's extension and content type those of its
+    format), then record its activation (object first)."""
+    chosen = release_format(params.release_format)
+    key = activated_key(version_id, image.content_hash, chosen)
+    store.put_bytes(key, result.encoded, content_type=chosen.content_type)
     catalog.record_activation(
         image_id=image.id,
         index_version=version_id,

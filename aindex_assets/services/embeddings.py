@@ -27,6 +27,7 @@ def embed_batch(
     key = embeddings_key(extractor.identity, batch_id)
     store.put_bytes(key, encode_descriptors(ids, vectors))
     catalog.set_status([i.id for i in images if i.status == "registered"], "embedded")
+    catalog.advance_batch_status(batch_id, "embedded")
     return key, len(images)
 
 

@@ -243,6 +243,9 @@ def mark_indexed(catalog: Catalog, version_id: int, batch_ids: list[str]) -> Non
         if batch_id != DISTRACTOR_BATCH:
             activations = catalog.activations(batch_id=batch_id, index_version=version_id)
             catalog.set_status([a.image_id for a in activations], "indexed")
+            # Every publish re-marks every batch it serves: a batch whose own run failed
+            # stays `failed` until that run is re-run.
+            catalog.advance_batch_status(batch_id, "indexed", from_failed=False)
 
 
 def publish_served_index(

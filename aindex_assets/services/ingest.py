@@ -47,6 +47,7 @@ def ingest_batch(store: ObjectStore, catalog: Catalog, manifest: BatchManifest) 
         outcome.rejected.append((name, reason))
     for inbox_key, read_key in manifest.members():
         ingest_object(store, catalog, batch_id, inbox_key, outcome, read_key)
+    catalog.advance_batch_status(batch_id, "ingested")
     return outcome
 
 

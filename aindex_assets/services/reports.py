@@ -214,7 +214,8 @@ def robustness_report(
     served = open_served(store, catalog)
     check_extractor(extractor, served)  # the re-rank reads this extractor's descriptors
     image_ids = [a.image_id for a in activations]
-    passive = load_originals(store, catalog.images_by_ids(image_ids))
+    images = catalog.images_by_ids(image_ids)
+    passive = load_originals(store, images)
     active = [decode_image(store.get_bytes(a.object_key), a.object_key).image for a in activations]
     negatives = choose_negatives(
         store, catalog, settings.negatives_prefix, settings.max_negatives, packaged
@@ -257,6 +258,7 @@ def robustness_report(
         },
         "negatives": negatives.audit(),
         "image_ids": image_ids,
+        "image_names": [image.source_key for image in images],
         "dagster_run_id": run_id,
     }
     payload = build_payload(result, audit, quality_of(activations), edits)
@@ -271,4 +273,5 @@ def robustness_report(
         rows=result.rows,
         report_id=report_id,
     )
+    catalog.advance_batch_status(batch_id, "reported")
     return StoredReport(report_id, payload, figures, files)

@@ -127,9 +127,11 @@ def original_key(content_hash: str, image_format: str) -> str:
     return f"originals/{_fanout(check_hash(content_hash))}.{extension_for(image_format)}"
 
 
-def activated_key(index_version: int, content_hash: str) -> str:
-    """``activated/v<version>/ab/cd/<hash>.png``: released images, per index version."""
-    return f"activated/v{int(index_version)}/{_fanout(check_hash(content_hash))}.png"
+def activated_key(index_version: int, content_hash: str, release_format: str = "png") -> str:
+    """``activated/v<version>/ab/cd/<hash>.<ext>``: released images, per index version, the
+    extension that of their format (``png``, ``jpg``, ``webp``)."""
+    fanout = _fanout(check_hash(content_hash))
+    return f"activated/v{int(index_version)}/{fanout}.{extension_for(release_format)}"
 
 
 def manifest_key(batch_id: str) -> str:

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from aindex_assets.defs.activation.assets import activated_images
+from aindex_assets.defs.metadata import DB_DIGITS, rounded
 from aindex_assets.defs.resources import StorageResource
 
 PSNR_FLOOR_CHECK = "psnr_above_floor"
@@ -30,6 +31,6 @@ def psnr_above_floor(
             "floor_db": config.floor_db,
             "images": len(records),
             "below_floor": dg.MetadataValue.json(below[:100]),
-            "min_psnr": min((r.psnr for r in records), default=float("nan")),
+            "min_psnr": rounded(min((r.psnr for r in records), default=None), DB_DIGITS),
         },
     )

@@ -4,6 +4,7 @@ import dagster as dg
 
 from aindex_assets.defs.claims import INBOX_CONFIG_FIELDS, InboxBatchConfig, claim_for_run
 from aindex_assets.defs.failures import domain_failures
+from aindex_assets.defs.metadata import SCORE_DIGITS, rounded, stored_object
 from aindex_assets.defs.partitions import QUERY_BATCHES
 from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.services.copy_detection.batch import detect_batch
@@ -30,19 +31,15 @@ class QueryBatchConfig(CopyDetectionConfig, InboxBatchConfig):
         return DetectionSetting(**self.model_dump(exclude=set(INBOX_CONFIG_FIELDS)))
 
 
-def _rate(value: float | None) -> dg.MetadataValue:
-    return dg.MetadataValue.float(float("nan") if value is None else value)
-
-
 def threshold_metadata(record: CopyThresholdRecord) -> dict[str, dg.MetadataValue]:
     return {
-        "threshold": dg.MetadataValue.float(record.threshold),
+        "threshold": rounded(record.threshold, SCORE_DIGITS),
         "threshold_id": dg.MetadataValue.int(record.id),
         "metric": dg.MetadataValue.text(record.metric),
-        "target_fpr": _rate(record.target_fpr),
+        "target_fpr": rounded(record.target_fpr),
         "fpr_resolved": dg.MetadataValue.bool(record.resolved),
-        "tpr": _rate(record.tpr),
-        "fpr": _rate(record.fpr),
+        "tpr": rounded(record.tpr),
+        "fpr": rounded(record.fpr),
         "index_version": dg.MetadataValue.int(record.index_version),
         "served_index": dg.MetadataValue.int(record.served_index_id),
         "calibration": dg.MetadataValue.text(threshold_summary(record)),
@@ -109,7 +106,7 @@ def copy_threshold(
     return dg.MaterializeResult(
         metadata={
             **threshold_metadata(record),
-            "precision": _rate(record.precision),
+            "precision": rounded(record.precision),
             "matching_queries": dg.MetadataValue.int(record.n_matching),
             "non_matching_queries": dg.MetadataValue.int(record.n_non_matching),
             "negatives": dg.MetadataValue.text(str(record.details.get("negatives"))),
@@ -162,6 +159,6 @@ def copy_detections(
             ),
             "rejected": dg.MetadataValue.int(sum(bool(v.reason) for v in verdicts)),
             "verdicts": dg.MetadataValue.md(verdict_table(verdicts)),
-            "object_key": dg.MetadataValue.text(store.uri(outcome.object_key)),
+            "object_key": stored_object(store, outcome.object_key),
         }
     )

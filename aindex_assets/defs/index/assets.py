@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 
 from aindex_assets.defs.failures import domain_failures
+from aindex_assets.defs.metadata import stored_object
 from aindex_assets.defs.partitions import (
     DISTRACTOR_BATCH,
     DISTRACTOR_ID_BASE,
@@ -76,7 +77,7 @@ def training_embeddings(
             "vectors": dg.MetadataValue.int(count),
             "source": dg.MetadataValue.text(source),
             "extractor": dg.MetadataValue.text(model.identity),
-            "object_key": dg.MetadataValue.text(store.uri(key)),
+            "object_key": stored_object(store, key),
         }
     )
 
@@ -113,7 +114,7 @@ def trained_index(
             "trained": True,
             "training_vectors": dg.MetadataValue.int(n_train),
             "retired_version": dg.MetadataValue.int(active.id if active else 0),
-            "object_key": dg.MetadataValue.text(store.uri(version.object_key)),
+            "object_key": stored_object(store, version.object_key),
         }
     )
 
@@ -142,7 +143,7 @@ def index_distractors(
             **version_metadata(version),
             "distractors": dg.MetadataValue.int(len(ids)),
             "source": dg.MetadataValue.text(source),
-            "object_key": dg.MetadataValue.text(store.uri(key)),
+            "object_key": stored_object(store, key),
         }
     )
 
@@ -205,7 +206,7 @@ def search_index(
             **version_metadata(version),
             "ntotal": dg.MetadataValue.int(served.ntotal),
             "batches": dg.MetadataValue.int(batches),
-            "object_key": dg.MetadataValue.text(store.uri(served.object_key)),
+            "object_key": stored_object(store, served.object_key),
             "republished_retired_versions": dg.MetadataValue.json(
                 [v.id for v, _, _ in published[1:]]
             ),

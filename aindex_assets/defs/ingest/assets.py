@@ -4,6 +4,7 @@ import dagster as dg
 
 from aindex_assets.defs.claims import InboxBatchConfig, claim_for_run
 from aindex_assets.defs.failures import domain_failures
+from aindex_assets.defs.metadata import stored_object
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.services.embeddings import embed_batch
@@ -85,6 +86,6 @@ def image_embeddings(
             "images": dg.MetadataValue.int(count),
             "dim": dg.MetadataValue.int(model.dim),
             "extractor": dg.MetadataValue.text(model.identity),
-            "object_key": dg.MetadataValue.text(store.uri(key)),
+            "object_key": stored_object(store, key),
         }
     )

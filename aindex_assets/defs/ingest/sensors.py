@@ -42,3 +42,23 @@ def inbox_sensor(
         max_batches=1 if needs_bootstrap else MAX_BATCHES_PER_TICK,
         max_pending=1 if needs_bootstrap else MAX_PENDING_BATCHES,
     )
+
+
+@dg.run_failure_sensor(
+    name="failed_batch_sensor",
+    monitored_jobs=[activate_batch_job, bootstrap_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
+def failed_batch_sensor(context: dg.RunFailureSensorContext, storage: StorageResource) -> None:
+    """Marks the batch of a failed ingestion run `failed` in the catalog, as `aindex status`
+    shows it.
+
+    Covers every way a run fails, a worker killed mid-step included (which no step-level
+    hook sees). The mark is not final: when the run is retried or re-executed, each step
+    that then succeeds moves the batch on (ingested, embedded, activated, indexed,
+    reported), so the status always tells whether the batch's latest attempt got through.
+    """
+    batch_id = context.dagster_run.tags.get("dagster/partition")
+    if batch_id and storage.catalog().batch(batch_id) is not None:
+        storage.catalog().advance_batch_status(batch_id, "failed")

@@ -5,6 +5,7 @@ from typing import Literal
 import dagster as dg
 
 from aindex_assets.defs.failures import domain_failures
+from aindex_assets.defs.metadata import rounded, stored_object
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.lib.report import copy_detection_markdown
@@ -21,10 +22,6 @@ class ReportConfig(dg.Config, ReportSettings):
     """
 
     edit_set: Literal["paper", "sweep", "full_sweep"] = "paper"
-
-
-def _float(value: float | None) -> dg.MetadataValue:
-    return dg.MetadataValue.float(float("nan") if value is None else value)
 
 
 @dg.asset(
@@ -72,19 +69,19 @@ def robustness_report(
     return dg.MaterializeResult(
         metadata={
             "report_id": dg.MetadataValue.int(report.report_id),
-            "recall_at_1_passive": dg.MetadataValue.float(averages["passive"]["recall_at_1"]),
-            "recall_at_1_active": dg.MetadataValue.float(averages["active"]["recall_at_1"]),
-            "micro_ap_passive": _float(pooled["passive"]["micro_ap"]),
-            "micro_ap_active": _float(pooled["active"]["micro_ap"]),
+            "recall_at_1_passive": rounded(averages["passive"]["recall_at_1"]),
+            "recall_at_1_active": rounded(averages["active"]["recall_at_1"]),
+            "micro_ap_passive": rounded(pooled["passive"]["micro_ap"]),
+            "micro_ap_active": rounded(pooled["active"]["micro_ap"]),
             **{
-                f"tpr_at_fpr_{point['target_fpr']:g}_{variant}": _float(point["tpr"])
+                f"tpr_at_fpr_{point['target_fpr']:g}_{variant}": rounded(point["tpr"])
                 for variant in ("passive", "active")
                 for point in pooled[variant]["operating_points"]
             },
             "copy_detection": dg.MetadataValue.md(copy_detection_markdown(report.payload)),
             "table": dg.MetadataValue.md(report.payload["markdown"]),
             "figures": dg.MetadataValue.md(figures_markdown(report.figures)),
-            "html_report": dg.MetadataValue.text(store.uri(report.files["html"])),
-            "object_key": dg.MetadataValue.text(store.uri(report.files["json"])),
+            "html_report": stored_object(store, report.files["html"]),
+            "object_key": stored_object(store, report.files["json"]),
         }
     )

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from aindex_assets.defs.metadata import rounded
 from aindex_assets.defs.reports.assets import robustness_report
 from aindex_assets.defs.resources import StorageResource
 
@@ -20,5 +21,5 @@ def active_recall_not_below_passive(
     passive, active = averages["passive"]["recall_at_1"], averages["active"]["recall_at_1"]
     return dg.AssetCheckResult(
         passed=active >= passive,
-        metadata={"recall_at_1_passive": passive, "recall_at_1_active": active},
+        metadata={"recall_at_1_passive": rounded(passive), "recall_at_1_active": rounded(active)},
     )

@@ -5,6 +5,7 @@ import dataclasses
 import dagster as dg
 
 from aindex_assets.defs.failures import domain_failures
+from aindex_assets.defs.metadata import stored_object
 from aindex_assets.defs.partitions import ACTIVATION_POOL, INGEST_BATCHES
 from aindex_assets.defs.resources import ExtractorResource, StorageResource
 from aindex_assets.lib.activation import ActivationParams
@@ -94,6 +95,6 @@ def index_comparison(
             "per_edit": dg.MetadataValue.md(result.per_edit_markdown()),
             "factories": dg.MetadataValue.json([f.factory for f in result.factories]),
             "report_ids": dg.MetadataValue.json(report_ids),
-            "object_key": dg.MetadataValue.text(store.uri(key)),
+            "object_key": stored_object(store, key),
         }
     )

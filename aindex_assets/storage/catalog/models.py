@@ -9,7 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 IMAGE_STATUSES = ("registered", "rejected", "embedded", "activated", "indexed")
+# A batch's stages in order; `failed` marks the last run of it that failed.
 BATCH_STATUSES = ("open", "ingested", "embedded", "activated", "indexed", "reported", "failed")
+FAILED_BATCH = "failed"
 REPORT_VARIANTS = ("passive", "active")
 # Reason of a rejected-file row that records a duplicate upload ("duplicate of image 12 ...").
 DUPLICATE_REASON_PREFIX = "duplicate of image "
@@ -248,16 +250,6 @@ class CopyThreshold(Base):
     target_fpr: Mapped[float | None]
     tpr: Mapped[float | None]
     fpr: Mapped[float | None]
-
-
-class Cursor(Base):
-    """Named positions (e.g. the last inbox key claimed), advanced by compare-and-set."""
-
-    __tablename__ = "cursors"
-
-    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    value: Mapped[str | None] = mapped_column(sa.String(1024))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class IdCounter(Base):

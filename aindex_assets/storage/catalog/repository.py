@@ -21,6 +21,7 @@ from aindex_assets.storage.catalog.models import (
     _ADVISORY_NAMESPACE,
     BATCH_STATUSES,
     DUPLICATE_REASON_PREFIX,
+    FAILED_BATCH,
     IMAGE_STATUSES,
     REPORT_VARIANTS,
     SQLITE_BUSY_TIMEOUT_MS,
@@ -29,7 +30,6 @@ from aindex_assets.storage.catalog.models import (
     Batch,
     CopyDetection,
     CopyThreshold,
-    Cursor,
     Extractor,
     IdCounter,
     Image,
@@ -98,6 +98,8 @@ def create_catalog_engine(url: str) -> Engine:
         path = sa.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Pooled connections cross threads (a code server's sensor ticks share one cached
+        # catalog); the pool hands each to one thread at a time.
         engine = sa.create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         )
@@ -222,14 +224,28 @@ class Catalog:
         with self._read() as session:
             return [_record(BatchRecord, row) for row in session.scalars(query)]
 
-    def set_batch_status(self, batch_id: str, status: str) -> None:
+    def advance_batch_status(self, batch_id: str, status: str, from_failed: bool = True) -> bool:
+        """Move a batch forward along BATCH_STATUSES, or to `failed`; True if it moved.
+
+        A step re-run on a batch that went further (a re-materialized report, a run retried
+        from its failed step) never moves it back; a failed batch moves on when a step of
+        its own re-run succeeds (`from_failed=False`: work done for other batches, which
+        must not hide the failure). One UPDATE, so concurrent steps cannot interleave.
+        """
         if status not in BATCH_STATUSES:
             raise ValueError(f"batch status {status!r} is not one of {BATCH_STATUSES}")
+        if status == FAILED_BATCH:
+            earlier = [s for s in BATCH_STATUSES if s != FAILED_BATCH]
+        else:
+            earlier = list(BATCH_STATUSES[: BATCH_STATUSES.index(status)])
+            earlier += [FAILED_BATCH] if from_failed else []
+        statement = (
+            sa.update(Batch)
+            .where(Batch.id == batch_id, Batch.status.in_(earlier))
+            .values(status=status, updated_at=utcnow())
+        )
         with self._write() as session:
-            row = session.get(Batch, batch_id)
-            if row is None:
-                raise LookupError(f"no batch {batch_id!r} in the catalog")
-            row.status = status
+            return session.execute(statement).rowcount > 0
 
     # -- images -----------------------------------------------------------------------
 
@@ -711,36 +727,6 @@ class Catalog:
 
     # -- copy detections --------------------------------------------------------------
 
-    def record_copy_detection(
-        self,
-        batch_id: str,
-        query_key: str,
-        is_copy: bool,
-        threshold: float,
-        image_id: int | None = None,
-        score: float | None = None,
-        query_hash: str | None = None,
-        index_version: int | None = None,
-    ) -> None:
-        """Record the verdict for one query file (a re-run replaces it)."""
-        values = {
-            "query_hash": query_hash,
-            "image_id": None if image_id is None else int(image_id),
-            "score": None if score is None else float(score),
-            "is_copy": bool(is_copy),
-            "threshold": float(threshold),
-            "index_version": index_version,
-            "created_at": utcnow(),
-        }
-        statement = self._insert(CopyDetection).values(
-            batch_id=batch_id, query_key=query_key, **values
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["batch_id", "query_key"], set_=values
-        )
-        with self._write() as session:
-            session.execute(statement)
-
     def copy_detections(self, batch_id: str) -> list[CopyDetectionRecord]:
         query = (
             sa.select(CopyDetection)
@@ -852,28 +838,6 @@ class Catalog:
         with self._read() as session:
             rows = session.scalars(sa.select(CopyThreshold).order_by(CopyThreshold.id))
             return [_record(CopyThresholdRecord, row) for row in rows]
-
-    # -- cursors ----------------------------------------------------------------------
-
-    def inbox_cursor(self, name: str) -> str | None:
-        """The last key claimed by the named inbox reader (None before the first claim)."""
-        with self._read() as session:
-            return session.scalar(sa.select(Cursor.value).where(Cursor.name == name))
-
-    def advance_inbox_cursor(self, name: str, expected: str | None, new: str | None) -> bool:
-        """Compare-and-set: move the cursor to ``new`` only if it still is ``expected``."""
-        with self._write() as session:
-            session.execute(
-                self._insert(Cursor)
-                .values(name=name, value=None, updated_at=utcnow())
-                .on_conflict_do_nothing()
-            )
-            result = session.execute(
-                sa.update(Cursor)
-                .where(Cursor.name == name, Cursor.value.is_not_distinct_from(expected))
-                .values(value=new, updated_at=utcnow())
-            )
-            return result.rowcount == 1
 
     # -- inbox claims -----------------------------------------------------------------
 
