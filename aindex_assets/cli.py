@@ -7,7 +7,8 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 from typing import NoReturn
@@ -222,21 +223,21 @@ INGEST_NEXT = (
 )
 
 
-def status_payload(catalog: Catalog, store: ObjectStore, runs: list[dict] | str) -> dict:
-    """The inbox, the runs in progress (`runs_in_progress`), and per batch: its status,
-    counts of its images per status, the rejected files and the duplicates, with reasons."""
+def status_payload(catalog: Catalog, waiting: int | str, runs: list[dict] | str) -> dict:
+    """The inbox (`waiting_in_inbox`), the runs in progress (`runs_in_progress`), and per
+    batch: its status, counts of its images per status, the rejected files and the
+    duplicates, with reasons."""
     counts = catalog.status_counts()
     batches = {b.id: b.status for b in catalog.batches(kind="ingest")}
     refused = {batch: catalog.rejected_in_batch(batch) for batch in batches}
     version = catalog.active_index_version()
     served_from = served_versions(catalog)
-    waiting = unclaimed_keys(store, catalog, "ingest", INBOX_SCAN_LIMIT)
     return {
         "index_version": None
         if version is None
         else {"id": version.id, "factory": version.factory},
-        "inbox_waiting": len(waiting),
-        "inbox_waiting_at_least": len(waiting) == INBOX_SCAN_LIMIT,
+        "inbox_waiting": waiting,
+        "inbox_waiting_at_least": waiting == INBOX_SCAN_LIMIT,
         "runs_in_progress": runs,
         "batches": [
             {
@@ -262,20 +263,30 @@ def status_payload(catalog: Catalog, store: ObjectStore, runs: list[dict] | str)
 
 # Counting stops here: `status` stays quick whatever the inbox holds.
 INBOX_SCAN_LIMIT = 10_000
-IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def waiting_in_inbox(catalog: Catalog, settings: Settings) -> int | str:
+    """Files in the inbox that no batch claimed yet, or why they cannot be counted."""
+    try:
+        return len(unclaimed_keys(open_object_store(settings), catalog, "ingest", INBOX_SCAN_LIMIT))
+    except ObjectStoreError as exc:
+        return f"unknown: {exc}"
 
 
 def runs_in_progress(settings: Settings) -> list[dict] | str:
     """Dagster runs queued or running in the instance `aindex ui` and the daemon share; a
-    sentence instead when that instance cannot be opened (its database is elsewhere)."""
+    sentence instead when that instance cannot be read (its database is elsewhere)."""
     import dagster as dg
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from aindex_assets.foreground import runs_in_progress as in_progress
 
     dagster_home(settings)
-    statuses = [dg.DagsterRunStatus[name] for name in IN_PROGRESS]
     try:
-        runs = dg.DagsterInstance.get().get_runs(filters=dg.RunsFilter(statuses=statuses))
-    except dg.DagsterError as exc:
-        return f"unknown: the Dagster instance cannot be opened ({exc})"
+        with dg.DagsterInstance.get() as instance:
+            runs = in_progress(instance)
+    except (dg.DagsterError, SQLAlchemyError, OSError) as exc:
+        return f"unknown: the Dagster instance cannot be read ({' '.join(str(exc).split())})"
     return [
         {
             "run_id": run.run_id,
@@ -313,18 +324,22 @@ def status_text(payload: dict) -> str:
         *runs_lines(payload["runs_in_progress"]),
     ]
     for batch in payload["batches"]:
-        counts = ", ".join(f"{k}={v}" for k, v in sorted(batch["counts"].items()))
-        lines.append(
-            f"{shown(batch['batch_id'])}: {batch['status']}"
-            f" ({counts or 'no images'}){serving(batch)}"
-        )
+        lines.append(batch_line(batch) + serving(batch))
         for kind, entries in (("rejected", batch["rejected"]), ("duplicate", batch["duplicates"])):
             lines += [f"    {kind} {shown(r['source_key'])}: {shown(r['reason'])}" for r in entries]
     return "\n".join(lines)
 
 
+def batch_line(batch: dict) -> str:
+    """`BATCH: status (counts of its images per status)`."""
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(batch["counts"].items()))
+    return f"{shown(batch['batch_id'])}: {batch['status']} ({counts or 'no images'})"
+
+
 def inbox_line(payload: dict) -> str:
     waiting = payload["inbox_waiting"]
+    if isinstance(waiting, str):
+        return f"inbox: {waiting}"
     more = " or more" if payload["inbox_waiting_at_least"] else ""
     return f"inbox: {waiting}{more} file(s) waiting" + (
         " (`aindex process` runs them now)" if waiting else ""
@@ -353,8 +368,10 @@ def serving(batch: dict) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    catalog, store = Catalog.open(settings.database_url), open_object_store(settings)
-    payload = status_payload(catalog, store, runs_in_progress(settings))
+    catalog = Catalog.open(settings.database_url)
+    payload = status_payload(
+        catalog, waiting_in_inbox(catalog, settings), runs_in_progress(settings)
+    )
     emit(args, payload, status_text(payload))
     return EXIT_OK
 
@@ -546,27 +563,32 @@ def add_query_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     """Claim and run what waits in the inbox now, in this process (no daemon needed)."""
-    from aindex_assets.foreground import BatchFailed, process_inbox
+    from aindex_assets.foreground import process_inbox
 
     run_config = read_run_config(args.config) if args.config else {}
     dagster_home(settings)
     catalog = Catalog.open(settings.database_url)
-    try:
+    with foreground_failures():
         batch_ids = process_inbox(settings, catalog, run_config)
-    except BatchFailed as exc:  # the step's own message is the user's lead
-        raise UserError(str(exc)) from None
     counts = catalog.status_counts()
     batches = [
         {"batch_id": b, "status": catalog.batch(b).status, "counts": counts.get(b, {})}
         for b in batch_ids
     ]
-    lines = [
-        f"{shown(b['batch_id'])}: {b['status']} "
-        f"({', '.join(f'{k}={v}' for k, v in sorted(b['counts'].items())) or 'no images'})"
-        for b in batches
-    ]
+    lines = [batch_line(batch) for batch in batches]
     emit(args, {"batches": batches}, "\n".join(lines) or "the inbox is empty: nothing to process")
     return EXIT_OK
+
+
+@contextmanager
+def foreground_failures() -> Iterator[None]:
+    """A foreground run's failure is the step's own message, on one line, not a traceback."""
+    from aindex_assets.foreground import ForegroundError
+
+    try:
+        yield
+    except ForegroundError as exc:
+        raise UserError(str(exc)) from None
 
 
 def read_run_config(path: str) -> dict:
@@ -587,12 +609,9 @@ def read_run_config(path: str) -> dict:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from aindex_assets.demo import run_demo
-    from aindex_assets.foreground import BatchFailed
 
-    try:
+    with foreground_failures():
         summary = run_demo(settings, images=args.images, max_side=args.max_side)
-    except BatchFailed as exc:
-        raise UserError(str(exc)) from None
     emit(args, summary, summary["text"])
     return EXIT_OK
 

@@ -20,6 +20,7 @@ import dagster as dg
 from dagster._core.events import DagsterEventType
 
 from aindex_assets.defs.claims import batch_run_config
+from aindex_assets.defs.ingest.sensors import CLAIMING_ASSET
 from aindex_assets.defs.jobs import activate_batch_job, bootstrap_job, calibrate_job
 from aindex_assets.defs.partitions import INGEST_BATCHES
 from aindex_assets.lib.progress import progress_shown
@@ -29,10 +30,21 @@ from aindex_assets.storage.catalog import Catalog
 from aindex_assets.storage.objectstore import open_object_store
 
 MAX_FOREGROUND_BATCHES = 1000
-CLAIMING_ASSET = "raw_images"
+BATCH_JOBS = (activate_batch_job.name, bootstrap_job.name)
+IN_PROGRESS = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
 
 
-class BatchFailed(RuntimeError):
+class ForegroundError(RuntimeError):
+    """A foreground run that cannot start or did not succeed; the message says why."""
+
+
+class BatchFailed(ForegroundError):
     """A batch run failed; the catalog marks its batch `failed` and the message says why."""
 
 
@@ -46,26 +58,57 @@ def process_inbox(
 
     `run_config` holds asset config (`{"ops": {asset: {"config": ...}}}`) for any asset
     of the batch jobs; each job gets the part that concerns it. Progress goes to `stream`
-    (standard error by default). Returns the batch ids.
+    (standard error by default). Returns the batch ids. Refuses to start while ingestion
+    runs are queued or running: the daemon's sensor may have proposed the same files.
     """
     from aindex_assets.definitions import build_definitions
 
-    instance = dg.DagsterInstance.get()
-    planned = plan_batches(
-        open_object_store(settings), catalog, kind="ingest", max_batches=MAX_FOREGROUND_BATCHES
-    )
-    if not planned:
-        return []
-    instance.add_dynamic_partitions(INGEST_BATCHES.name, [b.batch_id for b in planned])
     defs = build_definitions(settings)
+    ops = dict((run_config or {}).get("ops", {}))
+    check_asset_names(defs, ops)
     stream = stream or sys.stderr
-    with progress_shown(stream), one_line_warnings(stream):
-        for number, batch in enumerate(planned, 1):
-            print(f"batch {batch.batch_id} ({number} of {len(planned)})", file=stream)
-            run_batch(defs, instance, catalog, batch, run_config or {}, stream)
-        # The daemon's automation sensor would do this after the new served index.
-        run_job(defs, instance, calibrate_job.name, {}, {}, stream)
+    with dg.DagsterInstance.get() as instance:
+        refuse_beside_running_batches(instance)
+        planned = plan_batches(
+            open_object_store(settings), catalog, kind="ingest", max_batches=MAX_FOREGROUND_BATCHES
+        )
+        done = 0
+        with progress_shown(stream), one_line_warnings(stream):
+            try:
+                for batch in planned:
+                    print(f"batch {batch.batch_id} ({done + 1} of {len(planned)})", file=stream)
+                    run_batch(defs, instance, catalog, batch, ops, stream)
+                    done += 1
+            finally:
+                # What the daemon's automation sensor does after a new served index: also
+                # when a later batch failed, since the earlier ones are already served.
+                if done:
+                    run_job(defs, instance, calibrate_job.name, ops, {}, stream)
     return [b.batch_id for b in planned]
+
+
+def check_asset_names(defs: dg.Definitions, ops: Mapping[str, Any]) -> None:
+    """A misspelt asset in the config would otherwise be dropped without a word."""
+    known = {node.key.to_user_string() for node in defs.resolve_asset_graph().asset_nodes}
+    unknown = sorted(set(ops) - known)
+    if unknown:
+        raise ForegroundError(
+            f"no asset named {', '.join(unknown)} (assets: {', '.join(sorted(known))})"
+        )
+
+
+def runs_in_progress(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """The instance's runs that are queued, starting, running or being canceled."""
+    return list(instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS))))
+
+
+def refuse_beside_running_batches(instance: dg.DagsterInstance) -> None:
+    batches = [run for run in runs_in_progress(instance) if run.job_name in BATCH_JOBS]
+    if batches:
+        raise ForegroundError(
+            f"{len(batches)} ingestion run(s) are queued or running (the daemon's): let them "
+            "finish, or stop the inbox_sensor, before processing the inbox here"
+        )
 
 
 def run_batch(
@@ -73,16 +116,18 @@ def run_batch(
     instance: dg.DagsterInstance,
     catalog: Catalog,
     batch: PlannedBatch,
-    run_config: Mapping[str, Any],
+    ops: Mapping[str, Any],
     stream: TextIO,
 ) -> None:
+    """Run one planned batch's job (the bootstrap while no index exists), as the sensor's
+    run would; a failure marks the batch `failed` and raises BatchFailed."""
+    instance.add_dynamic_partitions(INGEST_BATCHES.name, [batch.batch_id])
     job = bootstrap_job if catalog.active_index_version() is None else activate_batch_job
-    ops = {**run_config.get("ops", {}), **batch_run_config(batch, CLAIMING_ASSET)["ops"]}
+    ops = {**ops, **batch_run_config(batch, CLAIMING_ASSET)["ops"]}
     try:
         run_job(defs, instance, job.name, ops, {"partition_key": batch.batch_id}, stream)
     except BatchFailed:
-        if catalog.batch(batch.batch_id) is not None:
-            catalog.advance_batch_status(batch.batch_id, "failed")
+        catalog.advance_batch_status(batch.batch_id, "failed")
         raise
 
 
@@ -98,15 +143,19 @@ def run_job(
     job = defs.resolve_job_def(job_name)
     steps = {node.name for node in job.graph.node_defs}
     logger = step_progress_logger(stream, step_summaries(defs, steps))
-    result = job.with_logger_defs({"progress": logger}).execute_in_process(
-        instance=instance,
-        run_config={
-            "ops": {name: config for name, config in ops.items() if name in steps},
-            "loggers": {"progress": {}},
-        },
-        raise_on_error=False,
-        **options,
-    )
+    try:
+        result = job.with_logger_defs({"progress": logger}).execute_in_process(
+            instance=instance,
+            run_config={
+                "ops": {name: config for name, config in ops.items() if name in steps},
+                "loggers": {"progress": {}},
+            },
+            raise_on_error=False,
+            **options,
+        )
+    except dg.DagsterInvalidConfigError as exc:
+        problems = "; ".join(error.message for error in exc.errors) or str(exc)
+        raise ForegroundError(f"the run config of {job_name} is not valid: {problems}") from None
     if not result.success:
         raise BatchFailed(failure_message(result, job_name))
 

@@ -159,8 +159,13 @@ def test_psnr_floor_shrinks_the_perturbation_until_it_holds() -> None:
 def test_psnr_floor_holds_for_the_decoded_lossy_release() -> None:
     """With a lossy format the floor is measured on the decoded file, whose encoder adds
     an error no shrinking removes: the search lands just above the floor all the same,
-    and a floor the encoder alone misses leaves the original."""
-    from aindex_assets.lib.activation import reader_pixels, to_uint8, within_psnr_floor
+    and a floor the encoder alone misses is refused (a release below it would stay so)."""
+    from aindex_assets.lib.activation import (
+        FloorUnreachable,
+        reader_pixels,
+        to_uint8,
+        within_psnr_floor,
+    )
     from aindex_assets.lib.metrics import psnr
 
     rows, cols = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 96), indexing="ij")
@@ -175,8 +180,8 @@ def test_psnr_floor_holds_for_the_decoded_lossy_release() -> None:
         assert 40.0 <= achieved < 40.5, chosen
         assert psnr(before, to_uint8(quiet)) < achieved + 3  # not wiped out
         encoder_alone = psnr(before, develop(before))
-        unreachable = within_psnr_floor(original, loud, encoder_alone, develop=develop)
-        assert torch.equal(unreachable, original)
+        with pytest.raises(FloorUnreachable, match="raise release_quality"):
+            within_psnr_floor(original, loud, encoder_alone, develop=develop)
 
 
 def test_release_format_and_quality_are_checked() -> None:

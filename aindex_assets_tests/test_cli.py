@@ -455,6 +455,7 @@ def test_process_runs_the_inbox_in_the_foreground_and_batches_move_to_reported(
         assert f"  {step}: done in " in err
     assert "  raw_images: The originals of one ingestion batch, decoded" in err
     assert "  copy_threshold: " in err  # the calibration says what it does
+    assert "descriptors: " in err and "activation: " in err  # the bars
 
     assert cli.main(["status"]) == 0
     status = capsys.readouterr().out
@@ -514,21 +515,68 @@ def test_status_lists_the_runs_in_progress(
 ) -> None:
     import dagster as dg
 
-    settings = Settings.from_env()
-    dagster_home(settings)
-    instance = dg.DagsterInstance.get()
-    for status, batch in (
-        (dg.DagsterRunStatus.STARTED, "b-running"),
-        (dg.DagsterRunStatus.SUCCESS, "b-done"),
-    ):
-        instance.add_run(
-            dg.DagsterRun(
-                job_name="activate_batch", status=status, tags={"dagster/partition": batch}
+    dagster_home(Settings.from_env())
+    with dg.DagsterInstance.get() as instance:
+        for status, batch in (
+            (dg.DagsterRunStatus.STARTED, "b-running"),
+            (dg.DagsterRunStatus.SUCCESS, "b-done"),
+        ):
+            instance.add_run(
+                dg.DagsterRun(
+                    job_name="activate_batch", status=status, tags={"dagster/partition": batch}
+                )
             )
-        )
     assert cli.main(["status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "runs in progress: 1" in lines
     [running] = [line for line in lines if "activate_batch run" in line]
     assert running.strip().startswith("started activate_batch run ")
     assert running.endswith("for batch b-running")
+
+
+@pytest.mark.parametrize(
+    "ops, why",
+    [
+        ({"activated_imagez": {"config": {}}}, "no asset named activated_imagez"),
+        (
+            {"activated_images": {"config": {"release_format": "gif"}}},
+            "the run config of bootstrap_and_activate_batch is not valid",
+        ),
+    ],
+    ids=["unknown-asset", "invalid-value"],
+)
+def test_a_config_dagster_refuses_is_one_line_not_a_traceback(
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    ops: dict,
+    why: str,
+) -> None:
+    assert cli.main(["ingest", str(photos_folder(tmp_path, 1))]) == 0
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"ops": ops}))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["process", "--config", str(path)])
+    assert exited.value.code == cli.EXIT_ERROR
+    [line] = capsys.readouterr().err.splitlines()[-1:]
+    assert line.startswith("aindex process: ") and why in line
+
+
+def test_process_refuses_while_the_daemon_runs_ingestion(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its sensor may have proposed the same files: two bootstraps would train twice."""
+    import dagster as dg
+
+    assert cli.main(["ingest", str(photos_folder(tmp_path, 1))]) == 0
+    dagster_home(Settings.from_env())
+    with dg.DagsterInstance.get() as instance:
+        instance.add_run(
+            dg.DagsterRun(job_name="activate_batch", status=dg.DagsterRunStatus.STARTED)
+        )
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["process"])
+    assert exited.value.code == cli.EXIT_ERROR
+    assert "1 ingestion run(s) are queued or running" in capsys.readouterr().err
+    assert cli.main(["status"]) == 0
+    assert "inbox: 1 file(s) waiting" in capsys.readouterr().out  # nothing was claimed

@@ -266,4 +266,15 @@ def test_failed_batch_sensor_marks_the_batch_of_a_failed_run(
             dagster_run=run,
         ).for_run_failure()
         failed_batch_sensor(context, storage=defs.resources["storage"])
-    assert catalog.batch("b1").status == "failed"
+        assert catalog.batch("b1").status == "failed"
+
+        # A retry already under way: the failure of the run it replaces marks nothing.
+        catalog.advance_batch_status("b1", "activated")
+        retry = dg.DagsterRun(
+            job_name=activate_batch_job.name,
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": "b1"},
+        )
+        instance.add_run(retry)
+        failed_batch_sensor(context, storage=defs.resources["storage"])
+        assert catalog.batch("b1").status == "activated"

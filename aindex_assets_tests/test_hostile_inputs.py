@@ -245,7 +245,7 @@ def test_duplicates_are_recorded_per_batch_and_shown_by_status(
     inner_reason = {r.source_key: r.reason for r in catalog.rejected_in_batch("batch-3")}
     assert inner_reason[f"{INBOX_PREFIX}batch-3/c2.png"].endswith(", in this batch)")
 
-    payload = cli.status_payload(catalog, local_store, runs=[])
+    payload = cli.status_payload(catalog, 0, runs=[])
     by_batch = {b["batch_id"]: b for b in payload["batches"]}
     assert by_batch["batch-2"]["rejected"] == []
     assert [d["image_id"] for d in by_batch["batch-2"]["duplicates"]] == [image_a.id] * 2
@@ -305,7 +305,7 @@ def test_status_text_escapes_every_stored_key_and_reason(
     catalog.create_batch("hostile", kind="ingest")
     for name in HOSTILE_NAMES:
         catalog.reject_file("hostile", name, f"not an image: {name}")
-    text = cli.status_text(cli.status_payload(catalog, local_store, runs=[]))
+    text = cli.status_text(cli.status_payload(catalog, 0, runs=[]))
     lines = text.split("\n")
     # index, inbox, runs and batch lines, then one per file
     assert len(lines) == 4 + len(HOSTILE_NAMES), lines

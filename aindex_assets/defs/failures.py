@@ -5,6 +5,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
+from aindex_assets.lib.activation import FloorUnreachable
 from aindex_assets.lib.index import IndexSpecError
 from aindex_assets.services.copy_detection.detection import ExtractorMismatch
 from aindex_assets.services.index import IncomparableVersion
@@ -18,6 +19,7 @@ DOMAIN_ERRORS = (
     ReportExists,
     IndexSpecError,
     IncomparableVersion,
+    FloorUnreachable,
 )
 
 

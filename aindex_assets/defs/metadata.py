@@ -20,7 +20,7 @@ def rounded(value: float | None, digits: int = RATE_DIGITS) -> dg.MetadataValue:
 
 
 def stored_object(store: ObjectStore, key: str) -> dg.MetadataValue:
-    """Where an object lives: a local path, or the object's URL, both shown as links."""
+    """Where an object lives: a local path (the UI links it), or the object's `s3://` URI."""
     if isinstance(store, LocalObjectStore):
         return dg.MetadataValue.path(store.uri(key))
     return dg.MetadataValue.url(store.uri(key))

@@ -138,6 +138,10 @@ class ActivationParams:
         return record
 
 
+class FloorUnreachable(ValueError):
+    """A lossy release format whose own loss already takes an image below the PSNR floor."""
+
+
 @dataclass
 class ActivationResult:
     """One activated image, its released file (`encoded`) and the 8-bit HxWx3 pixels a reader
@@ -697,8 +701,9 @@ def within_psnr_floor(
     the rounding to 8 bits). A lossy encoder adds its own error, the line's value at c = 0,
     and drops part of a small perturbation, so the line is only roughly right: a scale is
     kept once its release lands less than LOSSY_FLOOR_TOLERANCE_DB above the floor, else
-    the largest scale found above it after `attempts` steps. The original is returned when
-    no scale is (in particular, when the encoder alone leaves no room above the floor).
+    the largest scale found above it after `attempts` steps, else the original. Raises
+    FloorUnreachable when the encoder alone leaves no room above the floor: releasing the
+    image anyway would break the floor for good (releases are immutable).
     """
     before = to_uint8(original) if before is None else before
 
@@ -711,7 +716,10 @@ def within_psnr_floor(
         return activated
     encoder_db = release_psnr(original) if develop else float("inf")
     if encoder_db <= floor_db + FLOOR_MARGIN_DB:
-        return original.clone()
+        raise FloorUnreachable(
+            f"the release format alone leaves the image at {encoder_db:.1f} dB, at or below "
+            f"the {floor_db:g} dB floor: raise release_quality, or release as png"
+        )
     goal = squared_error(floor_db + FLOOR_MARGIN_DB)
     # (c^2, squared error) of the largest scale found above the floor and the smallest below.
     above, below = (0.0, squared_error(encoder_db)), (1.0, squared_error(current))

@@ -20,6 +20,7 @@ import numpy as np
 from aindex_assets.lib.activation import (
     ActivationParams,
     ActivationResult,
+    FloorUnreachable,
     activate,
     noise_generator,
     plan_chunks,
@@ -119,16 +120,22 @@ def activate_batch(
     with progress_bar(len(todo), "activation") as bar:
         for chunk in plan_chunks([i.width * i.height for i in todo], params):
             images = [todo[j] for j in chunk]
-            results = activate(
-                load_originals(store, images),
-                extractor,
-                index,
-                params,
-                original_features=np.stack([descriptors[i.id] for i in images]),
-                database=searched,
-                own_ids=own_ids[chunk],
-                generator=generator,
-            )
+            try:
+                results = activate(
+                    load_originals(store, images),
+                    extractor,
+                    index,
+                    params,
+                    original_features=np.stack([descriptors[i.id] for i in images]),
+                    database=searched,
+                    own_ids=own_ids[chunk],
+                    generator=generator,
+                )
+            except FloorUnreachable as exc:  # name the files: the engine only sees pixels
+                names = ", ".join(i.source_key for i in images)
+                raise FloorUnreachable(
+                    f"{params.release_format} release of one of {names}: {exc}"
+                ) from exc
             for image, result in zip(images, results, strict=True):
                 record_release(store, catalog, version.id, extractor, params, image, result)
                 outcome.released.append((image, result.psnr, result.ssim))

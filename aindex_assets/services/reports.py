@@ -209,7 +209,8 @@ def robustness_report(
 ) -> StoredReport | None:
     """Evaluate the batch's activated images and store the report; None when there are none."""
     activations = catalog.activations(batch_id=batch_id)
-    if not activations:
+    if not activations:  # every file was refused: nothing to report, the batch is done
+        catalog.advance_batch_status(batch_id, "reported")
         return None
     served = open_served(store, catalog)
     check_extractor(extractor, served)  # the re-rank reads this extractor's descriptors

@@ -1,6 +1,7 @@
 """Activation: imperceptible changes that pull each descriptor deep inside its index cell."""
 
 import dataclasses
+import math
 from statistics import mean
 
 import dagster as dg
@@ -82,7 +83,7 @@ def activated_images(
         outcome = activate_batch(
             storage.store(), storage.catalog(), extractor.load(), context.partition_key, params
         )
-    psnrs = outcome.psnrs
+    psnrs = [p for p in outcome.psnrs if math.isfinite(p)]  # not the unchanged releases
     return dg.MaterializeResult(
         metadata={
             "index_version": dg.MetadataValue.int(outcome.index_version),

@@ -51,14 +51,17 @@ def inbox_sensor(
     minimum_interval_seconds=30,
 )
 def failed_batch_sensor(context: dg.RunFailureSensorContext, storage: StorageResource) -> None:
-    """Marks the batch of a failed ingestion run `failed` in the catalog, as `aindex status`
-    shows it.
-
-    Covers every way a run fails, a worker killed mid-step included (which no step-level
-    hook sees). The mark is not final: when the run is retried or re-executed, each step
-    that then succeeds moves the batch on (ingested, embedded, activated, indexed,
-    reported), so the status always tells whether the batch's latest attempt got through.
+    """Marks the batch of a failed ingestion run `failed` in the catalog (`aindex status`
+    shows it), whatever made the run fail, a worker killed mid-step included, which no
+    step-level hook sees; only when that run is still the batch's latest, so that a retry
+    already under way is not marked, and not for good: each step of a re-run that succeeds
+    moves the batch on (ingested, embedded, activated, indexed, reported).
     """
     batch_id = context.dagster_run.tags.get("dagster/partition")
-    if batch_id and storage.catalog().batch(batch_id) is not None:
+    if not batch_id:
+        return
+    [latest] = context.instance.get_runs(
+        filters=dg.RunsFilter(tags={"dagster/partition": batch_id}), limit=1
+    )
+    if latest.run_id == context.dagster_run.run_id:
         storage.catalog().advance_batch_status(batch_id, "failed")
