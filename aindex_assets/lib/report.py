@@ -40,6 +40,61 @@ QUALITY_METRICS = ("psnr", "ssim", "linf")
 CURVE_POINTS = 101
 
 
+RECALL_METRICS = (
+    ("recall_at_1", "R@1"),
+    ("recall_at_10", "R@10"),
+    ("recall_at_100", "R@100"),
+    ("mrr", "1/(rank+1)"),
+)
+
+# The report's terms in plain words, shown by both renderings (HTML and markdown).
+DEFINITIONS = {
+    "passive": "The original images, indexed as they were submitted; their edited copies "
+    "are searched as they are. This is what an ordinary index achieves.",
+    "active": "The released (activated) images: each original changed imperceptibly before "
+    "release so that its descriptor, and those of its edited copies, land closer to the "
+    "image's own entry in the index. Their edited copies are searched in the same index.",
+    "edit": "A change applied to every image to make a query (crop, rotation, JPEG, "
+    "brightness…); `none` searches the image unedited.",
+    "queries": "The edited copies searched on that row: one per image for an edit, every "
+    "edit's together on the average and pooled rows.",
+    "non-matching queries": "Edited copies of photos that are not in the index (listed "
+    "below). A copy detector should report no match for them; they set the "
+    "false-positive rate.",
+    "R@1": "Recall at 1: the fraction of edited copies whose own image is the first search "
+    "result. 1.000 means every copy was found first.",
+    "R@10": "Recall at 10: the fraction of edited copies whose own image is among the first "
+    "10 results.",
+    "R@100": "Recall at 100: the same among the first 100 results.",
+    "1/(rank+1)": "Mean reciprocal rank: 1 when the own image comes first, 1/2 when second, "
+    "and so on; 0 when it is not among the results.",
+    "μAP": "Micro average precision of copy detection: the matches proposed for every "
+    "query, matching or not, ranked by score in one list, and the area under the "
+    "precision-recall curve of that list. 1.000 means every true copy scores above every "
+    "false match.",
+    "TPR at 1% FPR": "True-positive rate at a 1% false-positive rate: the score threshold "
+    "is set so that at most 1% of the non-matching queries are reported as copies; the "
+    "TPR is the fraction of edited copies reported with their own image at that threshold.",
+    "TPR at 0.1% FPR": "The same with at most 0.1% of the non-matching queries reported.",
+    "*": "The false-positive rate is not resolved: it needs at least 1/FPR non-matching "
+    "queries; with fewer, the threshold is set so that none of them is reported.",
+    "recall at precision 0.9": "The largest fraction of true copies detected while at "
+    "least 90% of the reported matches are right.",
+    "predictions": "The (query, match) pairs scored in the pooled precision-recall curve.",
+    "PSNR": "Peak signal-to-noise ratio between an original and its released image, in "
+    "decibels; higher is closer. Above about 40 dB a change is generally not visible.",
+    "SSIM": "Structural similarity between an original and its released image; 1 is identical.",
+    "L∞": "The largest change of any pixel value, on the 0–255 scale.",
+}
+
+
+def report_terms(payload: Mapping[str, Any]) -> dict[str, str]:
+    """DEFINITIONS, but the recall cut-offs the report's tables do not show."""
+    average = next(iter(payload["result"]["average"].values()))
+    absent = {label for key, label in RECALL_METRICS if key not in average}
+    return {term: text for term, text in DEFINITIONS.items() if term not in absent}
+
+
 def edits_for(edit_set: str, names: Sequence[str] | None = None) -> dict[str, Edit]:
     """The paper's edits, or them followed by the quick (`sweep`) or dense parameter sweep.
 
@@ -392,6 +447,10 @@ def report_markdown(payload: Mapping[str, Any]) -> str:
         "## Image quality of the released images",
         "",
         quality_markdown(payload["quality"]),
+        "",
+        "## What the numbers mean",
+        "",
+        *(f"- **{term}**: {text}" for term, text in report_terms(payload).items()),
     ]
     return "\n".join(lines)
 

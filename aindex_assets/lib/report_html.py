@@ -19,11 +19,13 @@ from typing import Any
 from aindex_assets.lib.copydetection import REPORT_FPRS
 from aindex_assets.lib.evaluation import tpr_key, tpr_label
 from aindex_assets.lib.report import (
+    RECALL_METRICS,
     audit_lines,
     conclusion,
     image_names,
     number_cell,
     operating_point_of,
+    report_terms,
     tpr_cell,
     unresolved_notes,
 )
@@ -54,54 +56,9 @@ figcaption { font-size: 0.85em; color: #555; }
 p.note { font-size: 0.85em; color: #555; margin: 0.2em 0; }
 """
 
-_RECALL_METRICS = (
-    ("recall_at_1", "R@1"),
-    ("recall_at_10", "R@10"),
-    ("recall_at_100", "R@100"),
-    ("mrr", "1/(rank+1)"),
-)
 FLAG = "▼"
 # Beyond this, active is below passive; below it, two floats of one computation disagree.
 _TOLERANCE = 1e-9
-
-_DEFINITIONS = {
-    "passive": "The original images, indexed as they were submitted; their edited copies "
-    "are searched as they are. This is what an ordinary index achieves.",
-    "active": "The released (activated) images: each original changed imperceptibly before "
-    "release so that its descriptor, and those of its edited copies, land closer to the "
-    "image's own entry in the index. Their edited copies are searched in the same index.",
-    "edit": "A change applied to every image to make a query (crop, rotation, JPEG, "
-    "brightness…); `none` searches the image unedited.",
-    "queries": "The edited copies searched on that row: one per image for an edit, every "
-    "edit's together on the average and pooled rows.",
-    "non-matching queries": "Edited copies of photos that are not in the index (listed "
-    "below). A copy detector should report no match for them; they set the "
-    "false-positive rate.",
-    "R@1": "Recall at 1: the fraction of edited copies whose own image is the first search "
-    "result. 1.000 means every copy was found first.",
-    "R@10": "Recall at 10: the fraction of edited copies whose own image is among the first "
-    "10 results.",
-    "R@100": "Recall at 100: the same among the first 100 results.",
-    "1/(rank+1)": "Mean reciprocal rank: 1 when the own image comes first, 1/2 when second, "
-    "and so on; 0 when it is not among the results.",
-    "μAP": "Micro average precision of copy detection: the matches proposed for every "
-    "query, matching or not, ranked by score in one list, and the area under the "
-    "precision-recall curve of that list. 1.000 means every true copy scores above every "
-    "false match.",
-    "TPR at 1% FPR": "True-positive rate at a 1% false-positive rate: the score threshold "
-    "is set so that at most 1% of the non-matching queries are reported as copies; the "
-    "TPR is the fraction of edited copies reported with their own image at that threshold.",
-    "TPR at 0.1% FPR": "The same with at most 0.1% of the non-matching queries reported.",
-    "*": "The false-positive rate is not resolved: it needs at least 1/FPR non-matching "
-    "queries; with fewer, the threshold is set so that none of them is reported.",
-    "recall at precision 0.9": "The largest fraction of true copies detected while at "
-    "least 90% of the reported matches are right.",
-    "predictions": "The (query, match) pairs scored in the pooled precision-recall curve.",
-    "PSNR": "Peak signal-to-noise ratio between an original and its released image, in "
-    "decibels; higher is closer. Above about 40 dB a change is generally not visible.",
-    "SSIM": "Structural similarity between an original and its released image; 1 is identical.",
-    "L∞": "The largest change of any pixel value, on the 0–255 scale.",
-}
 
 _FLAG_NOTE = (
     f"{FLAG} marks a row where active is below passive on the metrics named: on that edit, "
@@ -167,7 +124,7 @@ def _flag_note(flagged: bool) -> str:
 
 def recall_metrics(average: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(key, label) of the per-edit metrics a result holds, in the table's order."""
-    metrics = [(m, label) for m, label in _RECALL_METRICS if m in average]
+    metrics = [(m, label) for m, label in RECALL_METRICS if m in average]
     metrics.append(("micro_ap", "μAP"))
     return metrics + [(tpr_key(f), tpr_label(f)) for f in REPORT_FPRS if tpr_key(f) in average]
 
@@ -284,12 +241,9 @@ def _pooled_values(section: Mapping[str, Any]) -> dict[str, float | None]:
 
 def definitions(payload: Mapping[str, Any]) -> str:
     """The terms of the report in plain words; recall cut-offs only where the tables show them."""
-    average = next(iter(payload["result"]["average"].values()))
-    absent = {label for key, label in _RECALL_METRICS if key not in average}
     items = "".join(
         f"<dt>{escape(term)}</dt><dd>{escape(text)}</dd>"
-        for term, text in _DEFINITIONS.items()
-        if term not in absent
+        for term, text in report_terms(payload).items()
     )
     return f'<dl class="definitions" id="definitions">{items}</dl>'
 
