@@ -312,17 +312,9 @@ def _composite_on_white(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def check_rgb8(pixels: np.ndarray) -> None:
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 array, got {pixels.dtype} {pixels.shape}")
-
-
 def encode_png(pixels: np.ndarray) -> bytes:
     """Lossless PNG of an HxWx3 uint8 array (activated images must keep every bit)."""
-    check_rgb8(pixels)
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_release(pixels, ReleaseFormat.png)
 
 
 class ReleaseFormat(StrEnum):
@@ -365,13 +357,14 @@ def encode_release(pixels: np.ndarray, release: ReleaseFormat | str, quality: in
     lossy mode, whose chroma is always 4:2:0.
     """
     chosen = release_format(release)
-    if chosen.lossless:
-        return encode_png(pixels)
-    check_rgb8(pixels)
-    options = {"subsampling": 0, "optimize": True} if chosen is ReleaseFormat.jpeg else {}
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 array, got {pixels.dtype} {pixels.shape}")
+    options: dict[str, object] = {} if chosen.lossless else {"quality": quality}
+    if chosen is ReleaseFormat.jpeg:
+        options |= {"subsampling": 0, "optimize": True}
     buffer = io.BytesIO()
     image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
-    image.save(buffer, format=chosen.value.upper(), quality=quality, **options)
+    image.save(buffer, format=chosen.value.upper(), **options)
     return buffer.getvalue()
 
 

@@ -47,6 +47,12 @@ RECALL_METRICS = (
     ("mrr", "1/(rank+1)"),
 )
 
+
+def tpr_term(target_fpr: float) -> str:
+    """How the HTML page and the definitions name a TPR column: `TPR at 1% FPR`."""
+    return f"TPR at {target_fpr * 100:g}% FPR"
+
+
 # The report's terms in plain words, shown by both renderings (HTML and markdown).
 DEFINITIONS = {
     "passive": "The original images, indexed as they were submitted; their edited copies "
@@ -72,10 +78,10 @@ DEFINITIONS = {
     "query, matching or not, ranked by score in one list, and the area under the "
     "precision-recall curve of that list. 1.000 means every true copy scores above every "
     "false match.",
-    "TPR at 1% FPR": "True-positive rate at a 1% false-positive rate: the score threshold "
+    tpr_term(0.01): "True-positive rate at a 1% false-positive rate: the score threshold "
     "is set so that at most 1% of the non-matching queries are reported as copies; the "
     "TPR is the fraction of edited copies reported with their own image at that threshold.",
-    "TPR at 0.1% FPR": "The same with at most 0.1% of the non-matching queries reported.",
+    tpr_term(0.001): "The same with at most 0.1% of the non-matching queries reported.",
     "*": "The false-positive rate is not resolved: it needs at least 1/FPR non-matching "
     "queries; with fewer, the threshold is set so that none of them is reported.",
     "recall at precision 0.9": "The largest fraction of true copies detected while at "

@@ -27,6 +27,7 @@ from aindex_assets.lib.report import (
     operating_point_of,
     report_terms,
     tpr_cell,
+    tpr_term,
     unresolved_notes,
 )
 from aindex_assets.lib.report_figures import FIGURE_TITLES
@@ -197,7 +198,7 @@ def _pooled_counts(payload: Mapping[str, Any], variant: str) -> list[str]:
 
 def copy_detection_table(payload: Mapping[str, Any]) -> str:
     """Pooled μAP and TPR at each report FPR (`*`: rate not resolved), then the notes."""
-    tprs = [(tpr_key(fpr), f"TPR at {fpr * 100:g}% FPR") for fpr in REPORT_FPRS]
+    tprs = [(tpr_key(fpr), tpr_term(fpr)) for fpr in REPORT_FPRS]
     metrics = [("micro_ap", "μAP"), *tprs, ("recall_at_p90", "recall at precision 0.9")]
     header = [
         "variant",
